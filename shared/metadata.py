@@ -1,0 +1,41 @@
+"""Every gRPC metadata key ClawMesh reads or writes, in one place.
+
+Keys are lower-case; our own are prefixed ``x-clawmesh-``. Clients in any
+language set these as ordinary gRPC metadata.
+
+| key                         | direction          | meaning                                        |
+|-----------------------------|--------------------|------------------------------------------------|
+| x-clawmesh-tenant           | request, every hop | tenant (from credentials at the edge)          |
+| x-clawmesh-request-id       | request + response | mesh request id; generated at ingest if absent |
+| x-clawmesh-idempotency-key  | request, every hop | dedup / idempotency key of the message         |
+| x-clawmesh-priority         | request, every hop | priority class name, e.g. ``high``             |
+| x-clawmesh-synthetic        | request            | ``true`` marks load-test traffic               |
+| x-clawmesh-replayed         | trailing           | ``true`` when a stored reply was replayed      |
+| traceparent / tracestate    | request, every hop | W3C trace context                              |
+| grpc-status-details-bin     | trailing           | google.rpc.Status with rich error details      |
+"""
+
+from __future__ import annotations
+
+TENANT = "x-clawmesh-tenant"
+REQUEST_ID = "x-clawmesh-request-id"
+IDEMPOTENCY_KEY = "x-clawmesh-idempotency-key"
+PRIORITY = "x-clawmesh-priority"
+SYNTHETIC = "x-clawmesh-synthetic"
+REPLAYED = "x-clawmesh-replayed"
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+STATUS_DETAILS = "grpc-status-details-bin"
+
+# Keys copied from an inbound call onto every outbound call it makes.
+PROPAGATED = (TENANT, REQUEST_ID, IDEMPOTENCY_KEY, PRIORITY, SYNTHETIC, TRACEPARENT, TRACESTATE)
+
+
+def to_dict(metadata) -> dict[str, str]:
+    """Invocation metadata as a dict of text values (binary ``-bin`` keys are skipped)."""
+    out: dict[str, str] = {}
+    for item in metadata or ():
+        key, value = item
+        if not key.endswith("-bin"):
+            out[key] = value
+    return out

@@ -1,0 +1,119 @@
+"""The server factory every service uses.
+
+    server = create_server(settings.memory, [(add_MemoryServiceServicer_to_server, servicer)],
+                           ["clawmesh.memory.v1.MemoryService"], server_interceptors(meter))
+    await server.start()            # health SERVING for "" and each service
+    ...
+    await server.stop()             # health NOT_SERVING, refuse new calls, drain in-flight
+
+grpc.health.v1 (per-service status) and server reflection are on every server,
+so grpcurl, ghz and Kubernetes probes need no extra files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+AddFn = Callable[[object, grpc.aio.Server], None]
+
+
+class MeshServer:
+    """A started-or-not grpc.aio server with health, reflection and graceful stop."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        servicers: Sequence[tuple[AddFn, object]],
+        service_names: Sequence[str],
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.settings = settings
+        self.service_names = list(service_names)
+        options = [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Accept the clients' 20 s keepalive pings.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=list(interceptors),
+            options=options,
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        for add, servicer in servicers:
+            add(servicer, self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.port}")
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` after the server has drained (close stores, channels ...)."""
+        self._closers.append(closer)
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", *self.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight ones finish within the grace period."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        grace = self.settings.grace_period_s if grace_s is None else grace_s
+        await self.server.stop(grace)
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:  # noqa: BLE001 - keep closing the rest
+                log.exception("error while closing")
+
+    async def serve_until_signal(self) -> None:
+        """Start, run until SIGTERM/SIGINT, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        log.info("serving", extra={"address": self.address, "services": self.service_names})
+        await stop.wait()
+        log.info("stopping", extra={"grace_s": self.settings.grace_period_s})
+        await self.stop()
+        log.info("stopped")
+
+
+def create_server(
+    settings: ServerSettings,
+    servicers: Sequence[tuple[AddFn, object]],
+    service_names: Sequence[str],
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> MeshServer:
+    """Build (not start) a server for the given servicers."""
+    return MeshServer(settings, servicers, service_names, interceptors)
