@@ -55,16 +55,19 @@ def reset(token: contextvars.Token) -> None:
     _current.reset(token)
 
 
-def call_options(default_timeout_s: float, reserve_ms: float = 5.0, **overrides: str) -> dict:
+def call_options(
+    default_timeout_s: float, reserve_ms: float = 5.0, headers: dict[str, str] | None = None
+) -> dict:
     """``timeout`` and ``metadata`` for an outbound call made while serving a call.
 
     The timeout is the inbound call's remaining time minus ``reserve_ms`` (kept
     back so this hop can still answer), capped at ``default_timeout_s``.
-    Raises DeadlineExceeded when nothing is left.
+    ``headers`` add to (or replace) the propagated metadata. Raises
+    DeadlineExceeded when nothing is left.
     """
     info = _current.get()
     timeout = default_timeout_s
-    headers: dict[str, str] = {}
+    out: dict[str, str] = {}
     if info is not None:
         remaining = info.remaining()
         if remaining is not None:
@@ -72,6 +75,7 @@ def call_options(default_timeout_s: float, reserve_ms: float = 5.0, **overrides:
             if budget <= 0:
                 raise DeadlineExceeded(f"deadline spent before calling out of {info.method}")
             timeout = min(timeout, budget)
-        headers = {k: v for k, v in info.headers.items() if k in md.PROPAGATED}
-    headers.update({k: v for k, v in overrides.items() if v})
-    return {"timeout": timeout, "metadata": tuple(headers.items())}
+        out = {k: v for k, v in info.headers.items() if k in md.PROPAGATED}
+    if headers:
+        out.update({k: v for k, v in headers.items() if v})
+    return {"timeout": timeout, "metadata": tuple(out.items())}

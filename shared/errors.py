@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 
 class ClawMeshError(Exception):
@@ -162,7 +162,7 @@ STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 def code_name(code: int) -> str:
     """``3`` -> ``"INVALID_ARGUMENT"``."""
-    return STATUS_NAMES.get(code, code_pb2.Code.Name(code) if code in code_pb2.Code.values() else str(code))
+    return STATUS_NAMES.get(code, str(code))
 
 
 def status_of(exc: BaseException) -> status_pb2.Status:

@@ -117,9 +117,8 @@ class ErrorInterceptor(HandlerInterceptor):
             log.exception("unhandled error in handler")
         status = status_of(exc)
         code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
-        await context.abort(
-            code, status.message, trailing_metadata=((md.STATUS_DETAILS, status.SerializeToString()),)
-        )
+        details = ((md.STATUS_DETAILS, status.SerializeToString()),)
+        await context.abort(code, status.message, trailing_metadata=details)
 
     async def unary(self, method, call_next, request, context):
         try:

@@ -3,16 +3,16 @@
 Keys are lower-case; our own are prefixed ``x-clawmesh-``. Clients in any
 language set these as ordinary gRPC metadata.
 
-| key                         | direction          | meaning                                        |
-|-----------------------------|--------------------|------------------------------------------------|
-| x-clawmesh-tenant           | request, every hop | tenant (from credentials at the edge)          |
-| x-clawmesh-request-id       | request + response | mesh request id; generated at ingest if absent |
-| x-clawmesh-idempotency-key  | request, every hop | dedup / idempotency key of the message         |
-| x-clawmesh-priority         | request, every hop | priority class name, e.g. ``high``             |
-| x-clawmesh-synthetic        | request            | ``true`` marks load-test traffic               |
-| x-clawmesh-replayed         | trailing           | ``true`` when a stored reply was replayed      |
-| traceparent / tracestate    | request, every hop | W3C trace context                              |
-| grpc-status-details-bin     | trailing           | google.rpc.Status with rich error details      |
+| key                        | direction          | meaning                                       |
+|----------------------------|--------------------|-----------------------------------------------|
+| x-clawmesh-tenant          | request, every hop | tenant (from credentials at the edge)         |
+| x-clawmesh-request-id      | request + response | mesh request id; made at ingest if absent     |
+| x-clawmesh-idempotency-key | request, every hop | dedup / idempotency key of the message        |
+| x-clawmesh-priority        | request, every hop | priority class name, e.g. ``high``            |
+| x-clawmesh-synthetic       | request            | ``true`` marks load-test traffic              |
+| x-clawmesh-replayed        | trailing           | ``true`` when a stored reply was replayed     |
+| traceparent / tracestate   | request, every hop | W3C trace context                             |
+| grpc-status-details-bin    | trailing           | google.rpc.Status with rich error details     |
 """
 
 from __future__ import annotations

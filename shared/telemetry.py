@@ -23,7 +23,11 @@ LATENCY_BUCKETS_MS = (
 
 def meter_provider(service: str, readers: list[MetricReader]) -> MeterProvider:
     resource = Resource.create(
-        {"service.name": service, "service.instance.id": uuid.uuid4().hex, "service.namespace": "clawmesh"}
+        {
+            "service.name": service,
+            "service.namespace": "clawmesh",
+            "service.instance.id": uuid.uuid4().hex,
+        }
     )
     views = [
         View(

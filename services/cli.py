@@ -1,0 +1,202 @@
+"""The `clawmesh` command.
+
+    clawmesh up                      the whole mesh on localhost, embedded defaults
+    clawmesh serve ingest            one service (the container entrypoint)
+    clawmesh send "hello" -s s1      one message, prints the reply
+    clawmesh chat                    an interactive conversation in one session
+    clawmesh health                  every service's health status
+    clawmesh config check            validate settings (env + CLAWMESH_CONFIG file)
+    clawmesh load CONFIG             ghz-compatible load run (see loadtest/README.md)
+
+Settings come from CLAWMESH_* variables and an optional YAML file
+(``--config`` or CLAWMESH_CONFIG); see README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+
+from shared.settings import CONFIG_ENV, SERVICES, SettingsError, load_settings
+
+
+def _settings(args):
+    return load_settings(os.environ, getattr(args, "config", None))
+
+
+def cmd_serve(args) -> int:
+    from services.runner import serve
+
+    return serve(args.service, _settings(args))
+
+
+def cmd_up(args) -> int:
+    from services.up import run_up
+
+    env = dict(os.environ)
+    if args.config:
+        env[CONFIG_ENV] = os.path.abspath(args.config)
+    return asyncio.run(run_up(env))
+
+
+def _message(args, text: str, session: str):
+    from clawmesh.common.v1 import common_pb2
+
+    return common_pb2.InboundMessage(
+        channel=args.channel, sender=args.sender, session_id=session, content=text,
+        channel_message_id=uuid.uuid4().hex,
+    )
+
+
+async def _send(args, settings, texts, stream_out) -> int:
+    import grpc
+
+    from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+    from shared import metadata as md
+
+    target = args.target or settings.ingest.target()
+    metadata = ((md.TENANT, args.tenant),) if args.tenant else ()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        for text in texts:
+            if text is None:
+                return 0
+            try:
+                request = ingest_pb2.SubmitStreamRequest(message=_message(args, text, args.session))
+                async for response in stub.SubmitStream(
+                    request, metadata=metadata, timeout=args.timeout
+                ):
+                    stream_out(response.chunk)
+            except grpc.aio.AioRpcError as exc:
+                print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+                if not args.interactive:
+                    return 1
+    return 0
+
+
+def _print_chunk(chunk) -> None:
+    if chunk.final:
+        print(flush=True)
+    else:
+        print(chunk.delta, end="", flush=True)
+
+
+def cmd_send(args) -> int:
+    args.interactive = False
+    return asyncio.run(_send(args, _settings(args), [" ".join(args.text)], _print_chunk))
+
+
+def cmd_chat(args) -> int:
+    args.interactive = True
+    print(f"chatting in session {args.session!r}; Ctrl-D or /quit to leave", file=sys.stderr)
+
+    def lines():
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                yield None
+                return
+            if line.strip() in ("/quit", "/exit"):
+                yield None
+                return
+            if line.strip():
+                print("bot> ", end="", flush=True)
+                yield line
+
+    return asyncio.run(_send(args, _settings(args), lines(), _print_chunk))
+
+
+def cmd_health(args) -> int:
+    from services.mesh import health_status
+    from services.runner import SERVICE_NAMES
+
+    settings = _settings(args)
+    names = args.services or list(SERVICES)
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown:
+        print(f"clawmesh health: unknown service(s) {', '.join(unknown)}", file=sys.stderr)
+        return 2
+
+    async def check():
+        return names, await asyncio.gather(
+            *(health_status(settings.server(n).target(), SERVICE_NAMES[n], args.timeout)
+              for n in names)
+        )
+
+    names, statuses = asyncio.run(check())
+    for name, status in zip(names, statuses, strict=True):
+        print(f"{name:<9} {settings.server(name).target():<22} {status}")
+    return 0 if all(s == "SERVING" for s in statuses) else 1
+
+
+def cmd_config_check(args) -> int:
+    settings = _settings(args)
+    print("settings OK")
+    if args.show:
+        print(settings.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_load(argv: list[str]) -> int:
+    from loadtest.cli import main as load_main
+
+    return load_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clawmesh", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help=f"YAML settings file (default: ${CONFIG_ENV})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="run the whole mesh on localhost").set_defaults(func=cmd_up)
+    p = sub.add_parser("serve", help="run one service")
+    p.add_argument("service", choices=SERVICES)
+    p.set_defaults(func=cmd_serve)
+
+    for name, func, help_text in (("send", cmd_send, "send one message, print the reply"),
+                                  ("chat", cmd_chat, "interactive conversation")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "send":
+            p.add_argument("text", nargs="+")
+        p.add_argument("-s", "--session", default=f"cli-{uuid.uuid4().hex[:8]}")
+        p.add_argument("--target", help="ingest address (default: from settings)")
+        p.add_argument("--tenant", default="", help="x-clawmesh-tenant (default: the mesh's)")
+        p.add_argument("--channel", default="cli")
+        p.add_argument("--sender", default=os.environ.get("USER", "cli-user"))
+        p.add_argument("--timeout", type=float, default=30.0)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("health", help="health of every service")
+    p.add_argument("services", nargs="*", help=f"some of: {', '.join(SERVICES)} (default: all)")
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("config", help="settings tools")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("--show", action="store_true", help="print the effective settings")
+    p.set_defaults(func=cmd_config_check)
+
+    sub.add_parser("load", help="ghz-compatible load run (clawmesh load --help)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["load"]:
+        return cmd_load(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"clawmesh: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Thin IngestService servicer: decode, call the core, encode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+
+from clawmesh.common.v1 import common_pb2
+from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from services.ingest.core import Ingest
+from shared import metadata as md
+from shared.errors import ClawMeshError, status_of
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, ingest: Ingest, converse_max_in_flight: int) -> None:
+        self.ingest = ingest
+        self.converse_max_in_flight = converse_max_in_flight
+
+    async def Submit(self, request, context):
+        headers = md.to_dict(context.invocation_metadata())
+        reply = await self.ingest.submit(request.message, request.HasField("message"), headers)
+        return ingest_pb2.SubmitResponse(reply=reply)
+
+    async def SubmitStream(self, request, context):
+        headers = md.to_dict(context.invocation_metadata())
+        async for chunk in self.ingest.submit_stream(
+            request.message, request.HasField("message"), headers
+        ):
+            yield ingest_pb2.SubmitStreamResponse(chunk=chunk)
+
+    async def Converse(self, request_iterator, context):
+        """Answers each message as soon as its reply is ready (out of order).
+
+        At most ``converse_max_in_flight`` messages of one stream are in
+        flight; beyond that the stream stops reading (HTTP/2 flow control
+        pushes back on the adapter). A failed message gets an error response;
+        the stream goes on.
+        """
+        headers = md.to_dict(context.invocation_metadata())
+        done: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(self.converse_max_in_flight)
+        tasks: set[asyncio.Task] = set()
+
+        async def answer(req: ingest_pb2.ConverseRequest) -> None:
+            cid = req.correlation_id or req.message.channel_message_id
+            try:
+                reply = await self.ingest.submit(req.message, req.HasField("message"), headers)
+                done.put_nowait(ingest_pb2.ConverseResponse(correlation_id=cid, reply=reply))
+            except (ClawMeshError, grpc.aio.AioRpcError) as exc:
+                status = status_of(exc)
+                error = common_pb2.ErrorStatus(
+                    code=status.code, message=status.message, details=status.details
+                )
+                done.put_nowait(ingest_pb2.ConverseResponse(correlation_id=cid, error=error))
+            finally:
+                slots.release()
+
+        async def read() -> None:
+            async for req in request_iterator:
+                await slots.acquire()
+                task = asyncio.create_task(answer(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.wait(set(tasks))
+            done.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await done.get()
+                if item is None:
+                    break
+                yield item
+            await reader  # re-raises a failure of the request stream
+        finally:
+            for task in (reader, *tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(reader, *tasks, return_exceptions=True)

@@ -1,0 +1,91 @@
+"""Thin ProviderService servicer: decode, call the core, encode."""
+
+from __future__ import annotations
+
+from clawmesh.common.v1 import common_pb2
+from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
+from services.provider.backends import Turn, estimate_tokens
+from services.provider.core import Provider
+from shared.errors import InvalidArgument
+
+ROLES = {
+    common_pb2.ROLE_SYSTEM: "system",
+    common_pb2.ROLE_USER: "user",
+    common_pb2.ROLE_ASSISTANT: "assistant",
+    common_pb2.ROLE_TOOL: "tool",
+}
+FINISH = {
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "tool_calls": common_pb2.FINISH_REASON_TOOL_CALLS,
+    "content_filter": common_pb2.FINISH_REASON_CONTENT_FILTER,
+}
+
+
+def decode_turns(messages) -> list[Turn]:
+    turns = []
+    for i, m in enumerate(messages):
+        role = ROLES.get(m.role)
+        if role is None:
+            raise InvalidArgument(f"messages[{i}].role", "must be a known role")
+        turns.append(Turn(role, m.content))
+    return turns
+
+
+class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+
+    async def Generate(self, request, context):
+        info, gen = await self.provider.generate(
+            request.backend, request.model, decode_turns(request.messages),
+            request.params.max_tokens,
+        )
+        return provider_pb2.GenerateResponse(
+            message=common_pb2.ChatMessage(
+                role=common_pb2.ROLE_ASSISTANT, content=gen.content,
+                token_count=gen.completion_tokens,
+            ),
+            usage=common_pb2.Usage(
+                prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                total_tokens=gen.prompt_tokens + gen.completion_tokens,
+            ),
+            finish_reason=FINISH[gen.finish_reason],
+            backend=info.name,
+            model=gen.model,
+        )
+
+    async def GenerateStream(self, request, context):
+        turns = decode_turns(request.messages)
+        backend, chunks = self.provider.stream(
+            request.backend, request.model, turns, request.params.max_tokens
+        )
+        model = request.model or backend.info.models[0]
+        index = 0
+        completion = 0
+        async for delta in chunks:
+            completion += estimate_tokens(delta)
+            yield provider_pb2.GenerateStreamResponse(
+                delta=delta, index=index, backend=backend.info.name, model=model
+            )
+            index += 1
+        prompt = sum(estimate_tokens(t.content) for t in turns)
+        yield provider_pb2.GenerateStreamResponse(
+            index=index, final=True, backend=backend.info.name, model=model,
+            finish_reason=common_pb2.FINISH_REASON_STOP,
+            usage=common_pb2.Usage(
+                prompt_tokens=prompt, completion_tokens=completion,
+                total_tokens=prompt + completion,
+            ),
+        )
+
+    async def ListBackends(self, request, context):
+        return provider_pb2.ListBackendsResponse(
+            backends=[
+                provider_pb2.BackendStatus(
+                    name=info.name, kind=info.kind, models=info.models, healthy=info.healthy,
+                    breaker_state=provider_pb2.BREAKER_STATE_CLOSED, is_default=is_default,
+                )
+                for info, is_default in self.provider.list()
+            ]
+        )

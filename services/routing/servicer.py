@@ -1,0 +1,33 @@
+"""Thin RoutingService servicer: decode, call the router, encode."""
+
+from __future__ import annotations
+
+from clawmesh.routing.v1 import routing_pb2, routing_pb2_grpc
+from services.routing.core import Route, Router
+
+
+def encode_route(route: Route) -> routing_pb2.RouteDecision:
+    return routing_pb2.RouteDecision(
+        route_name=route.name, backend=route.backend, model=route.model,
+        fallback_backends=route.fallback_backends, reason=route.reason,
+        history_limit=route.history_limit,
+    )
+
+
+class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def Dispatch(self, request, context):
+        reply, route = await self.router.dispatch(request.message)
+        return routing_pb2.DispatchResponse(reply=reply, route=encode_route(route))
+
+    async def DispatchStream(self, request, context):
+        async for chunk, route in self.router.dispatch_stream(request.message):
+            response = routing_pb2.DispatchStreamResponse(chunk=chunk)
+            if route is not None:
+                response.route.CopyFrom(encode_route(route))
+            yield response
+
+    async def Explain(self, request, context):
+        return routing_pb2.ExplainResponse(route=encode_route(self.router.decide(request.message)))

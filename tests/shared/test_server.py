@@ -1,0 +1,156 @@
+"""The server factory and interceptor chain, with a real server on port 0 and a real channel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from clawmesh.testing.v1 import echo_pb2, echo_pb2_grpc
+from shared import context as callctx
+from shared.errors import InvalidArgument, bad_request_fields
+from shared.interceptors import server_interceptors
+from shared.server import create_server
+from shared.settings import ServerSettings
+from shared.telemetry import meter_provider
+from tests.conftest import trailing_status
+
+SERVICE = "clawmesh.testing.v1.EchoService"
+
+
+class Echo(echo_pb2_grpc.EchoServiceServicer):
+    """Fails on purpose for some inputs; otherwise echoes."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def Echo(self, request, context):
+        if request.message == "bad":
+            raise InvalidArgument("message", "must not be 'bad'")
+        if request.message == "bug":
+            raise RuntimeError("boom")
+        if request.message == "tenant":
+            return echo_pb2.EchoResponse(message=callctx.current().tenant)
+        if request.message == "wait":
+            self.started.set()
+            await self.release.wait()
+        return echo_pb2.EchoResponse(message=request.message)
+
+    async def ServerStream(self, request, context):
+        for i in range(request.count):
+            if request.message == "bad" and i == 2:
+                raise InvalidArgument("count", "too many")
+            yield echo_pb2.ServerStreamResponse(message=request.message, index=i)
+
+    async def Chat(self, request_iterator, context):
+        async for req in request_iterator:
+            yield echo_pb2.ChatResponse(message=req.message)
+
+
+@pytest.fixture
+async def echo_server():
+    reader = InMemoryMetricReader()
+    provider = meter_provider("echo", [reader])
+    servicer = Echo()
+    server = create_server(
+        ServerSettings(port=0, grace_period_s=5),
+        [(echo_pb2_grpc.add_EchoServiceServicer_to_server, servicer)],
+        [SERVICE],
+        server_interceptors(provider.get_meter("test")),
+    )
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    yield server, channel, servicer, reader
+    await channel.close()
+    await server.stop(0)
+
+
+def _counts(reader) -> dict[tuple[str, int], int]:
+    out = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                for point in metric.data.data_points:
+                    attrs = dict(point.attributes)
+                    out[(attrs["rpc.method"], attrs["rpc.grpc.status_code"])] = point.count
+    return out
+
+
+async def test_health_is_serving_per_service_and_reflection_lists_it(echo_server):
+    server, channel, _, _ = echo_server
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", SERVICE):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = set()
+    async for response in call:
+        names = {s.name for s in response.list_services_response.service}
+    assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_domain_error_becomes_status_with_details_and_server_keeps_serving(echo_server):
+    _, channel, _, reader = echo_server
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Echo(echo_pb2.EchoRequest(message="bad"), timeout=2)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(trailing_status(err.value)) == ["message"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Echo(echo_pb2.EchoRequest(message="bug"), timeout=2)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert (await stub.Echo(echo_pb2.EchoRequest(message="ok"), timeout=2)).message == "ok"
+    counts = _counts(reader)
+    method = f"/{SERVICE}/Echo"
+    assert counts[(method, 3)] == 1 and counts[(method, 13)] == 1 and counts[(method, 0)] == 1
+
+
+async def test_stream_error_mid_stream_is_mapped(echo_server):
+    _, channel, _, _ = echo_server
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    got = []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        request = echo_pb2.ServerStreamRequest(message="bad", count=5)
+        async for r in stub.ServerStream(request, timeout=2):
+            got.append(r.index)
+    assert got == [0, 1]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    chat = stub.Chat(iter([echo_pb2.ChatRequest(message=m) for m in "abc"]), timeout=2)
+    assert [r.message async for r in chat] == ["a", "b", "c"]
+
+
+async def test_call_context_sees_the_callers_metadata(echo_server):
+    _, channel, _, _ = echo_server
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    reply = await stub.Echo(
+        echo_pb2.EchoRequest(message="tenant"), metadata=(("x-clawmesh-tenant", "acme"),), timeout=2
+    )
+    assert reply.message == "acme"
+
+
+async def test_stop_drains_in_flight_refuses_new_and_reports_not_serving(echo_server):
+    server, channel, servicer, _ = echo_server
+    stub = echo_pb2_grpc.EchoServiceStub(channel)
+    in_flight = asyncio.ensure_future(stub.Echo(echo_pb2.EchoRequest(message="wait"), timeout=10))
+    await servicer.started.wait()
+    stopping = asyncio.ensure_future(server.stop())
+    # Health flips before the listener closes (a few loop turns into stop()).
+    probe = health_pb2.HealthCheckRequest(service=SERVICE)
+    for _ in range(50):
+        status = (await server.health.Check(probe, None)).status
+        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            break
+        await asyncio.sleep(0)
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Echo(echo_pb2.EchoRequest(message="new"), timeout=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    servicer.release.set()
+    assert (await in_flight).message == "wait"
+    await stopping
