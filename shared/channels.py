@@ -24,6 +24,11 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
         # (headless Services in Kubernetes).
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.enable_retries", 0),
+        # gRPC's default reconnect backoff grows to 120 s: a restarted dependency
+        # would stay unreachable for minutes. Inside the mesh, retry within a second.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
 
 

@@ -12,6 +12,7 @@ slot tracing (first), auth, rate limit and dedup (after errors) into
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -159,10 +160,9 @@ class MetricsInterceptor(HandlerInterceptor):
             "rpc.server.duration", unit="ms", description="server-side RPC latency"
         )
 
-    def _record(self, method: str, context, started: float, failed: bool) -> None:
-        code = context.code()
-        if code is None:
-            code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+    def _record(self, method: str, context, started: float, outcome: grpc.StatusCode) -> None:
+        # context.code() is set when the call was aborted; else the outcome we saw.
+        code = context.code() or outcome
         value = code.value[0] if isinstance(code, grpc.StatusCode) else int(code)
         self.duration.record(
             (time.perf_counter() - started) * 1000.0,
@@ -171,23 +171,30 @@ class MetricsInterceptor(HandlerInterceptor):
 
     async def unary(self, method, call_next, request, context):
         started = time.perf_counter()
-        failed = True
+        outcome = grpc.StatusCode.UNKNOWN
         try:
             response = await call_next(request, context)
-            failed = False
+            outcome = grpc.StatusCode.OK
             return response
+        except asyncio.CancelledError:
+            outcome = grpc.StatusCode.CANCELLED
+            raise
         finally:
-            self._record(method, context, started, failed)
+            self._record(method, context, started, outcome)
 
     async def stream(self, method, call_next, request, context):
         started = time.perf_counter()
-        failed = True
+        outcome = grpc.StatusCode.UNKNOWN
         try:
             async for response in call_next(request, context):
                 yield response
-            failed = False
+            outcome = grpc.StatusCode.OK
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away mid-stream: not a server fault.
+            outcome = grpc.StatusCode.CANCELLED
+            raise
         finally:
-            self._record(method, context, started, failed)
+            self._record(method, context, started, outcome)
 
 
 def server_interceptors(meter=None) -> list[grpc.aio.ServerInterceptor]:

@@ -77,9 +77,9 @@ class Ingest:
         )
         return response.reply
 
-    async def submit_stream(self, message, present: bool,
-                            headers: dict[str, str]) -> AsyncIterator[common_pb2.ReplyChunk]:
-        forward, out = self.admit(message, present, headers)
+    async def stream(self, forward: common_pb2.InboundMessage,
+                     out: dict[str, str]) -> AsyncIterator[common_pb2.ReplyChunk]:
+        """Stream the reply to a message that ``admit`` returned."""
         call = self.routing.DispatchStream(
             routing_pb2.DispatchStreamRequest(message=forward), **self._opts(out)
         )

@@ -26,9 +26,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def SubmitStream(self, request, context):
         headers = md.to_dict(context.invocation_metadata())
-        async for chunk in self.ingest.submit_stream(
-            request.message, request.HasField("message"), headers
-        ):
+        forward, out = self.ingest.admit(request.message, request.HasField("message"), headers)
+        # Tell the caller at once that the message was admitted, and under which id.
+        await context.send_initial_metadata(((md.REQUEST_ID, out[md.REQUEST_ID]),))
+        async for chunk in self.ingest.stream(forward, out):
             yield ingest_pb2.SubmitStreamResponse(chunk=chunk)
 
     async def Converse(self, request_iterator, context):

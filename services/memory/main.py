@@ -1,0 +1,34 @@
+"""Build the memory service: the SQLite store, its servicer and a mesh server.
+
+server = await build(MeshSettings(memory={"port": 0, "data_dir": tmp_path}))
+await server.start()
+"""
+
+from __future__ import annotations
+
+from clawmesh.memory.v1 import memory_pb2_grpc
+from services.memory.servicer import MemoryServiceServicer
+from services.memory.store import MemoryStore
+from shared.interceptors import server_interceptors
+from shared.server import MeshServer, create_server
+from shared.settings import MeshSettings
+
+SERVICE_NAME = "clawmesh.memory.v1.MemoryService"
+
+
+async def build(settings: MeshSettings, meter=None) -> MeshServer:
+    """Open the store and build (not start) the server; stopping the server closes the store."""
+    config = settings.memory
+    store = await MemoryStore.open(config.data_dir, config.max_messages_per_session)
+    try:
+        server = create_server(
+            config,
+            [(memory_pb2_grpc.add_MemoryServiceServicer_to_server, MemoryServiceServicer(store))],
+            [SERVICE_NAME],
+            server_interceptors(meter),
+        )
+    except BaseException:
+        await store.close()
+        raise
+    server.on_stop(store.close)
+    return server

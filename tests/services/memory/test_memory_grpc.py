@@ -1,0 +1,246 @@
+"""In-process gRPC tests: a real memory server on port 0, a real channel, the real chain."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import status_pb2
+
+from clawmesh.common.v1 import common_pb2
+from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.memory.main import build
+from shared import metadata as md
+from shared.errors import bad_request_fields
+from shared.settings import MeshSettings
+
+T1 = ((md.TENANT, "t1"),)
+T2 = ((md.TENANT, "t2"),)
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+async def stub(tmp_path):
+    settings = MeshSettings(memory={"port": 0, "data_dir": tmp_path, "max_messages_per_session": 4})
+    server = await build(settings)
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        yield memory_pb2_grpc.MemoryServiceStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+def chat(content: str, role=common_pb2.ROLE_USER, **kw) -> common_pb2.ChatMessage:
+    return common_pb2.ChatMessage(role=role, content=content, **kw)
+
+
+def rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status:
+    for key, value in err.trailing_metadata() or ():
+        if key == md.STATUS_DETAILS:
+            return status_pb2.Status.FromString(value)
+    raise AssertionError("no grpc-status-details-bin in trailing metadata")
+
+
+async def expect_invalid(call, *fields: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(rich_status(info.value)) == list(fields)
+
+
+async def test_append_history_roundtrip(stub):
+    reply = await stub.Append(
+        memory_pb2.AppendRequest(session_id="s", message=chat("hello", name="bob")),
+        metadata=T1,
+        timeout=TIMEOUT,
+    )
+    assert (reply.sequence, reply.duplicate) == (1, False)
+    batch = await stub.BatchAppend(
+        memory_pb2.BatchAppendRequest(
+            session_id="s",
+            messages=[
+                chat(
+                    "",
+                    common_pb2.ROLE_ASSISTANT,
+                    tool_calls=[common_pb2.ToolCall(id="c1", name="f", arguments_json="{}")],
+                ),
+                chat("42", common_pb2.ROLE_TOOL, tool_call_id="c1", token_count=9),
+            ],
+            idempotency_key="k",
+        ),
+        metadata=T1,
+        timeout=TIMEOUT,
+    )
+    assert list(batch.sequences) == [2, 3] and not batch.duplicate
+    history = await stub.GetHistory(
+        memory_pb2.GetHistoryRequest(session_id="s"), metadata=T1, timeout=TIMEOUT
+    )
+    assert [m.role for m in history.messages] == [
+        common_pb2.ROLE_USER,
+        common_pb2.ROLE_ASSISTANT,
+        common_pb2.ROLE_TOOL,
+    ]
+    first, second, third = history.messages
+    assert (first.content, first.name, first.token_count) == ("hello", "bob", 2)
+    assert first.created_time.seconds > 0
+    assert second.tool_calls[0].name == "f" and third.tool_call_id == "c1"
+    assert third.token_count == 9
+    assert (history.total_messages, history.truncated) == (3, False)
+
+
+async def test_idempotent_batch_and_window(stub):
+    request = memory_pb2.BatchAppendRequest(
+        session_id="s", messages=[chat(str(i)) for i in range(3)], idempotency_key="k"
+    )
+    first = await stub.BatchAppend(request, metadata=T1, timeout=TIMEOUT)
+    again = await stub.BatchAppend(request, metadata=T1, timeout=TIMEOUT)
+    assert list(first.sequences) == list(again.sequences) == [1, 2, 3]
+    assert again.duplicate
+    for i in range(3, 6):
+        await stub.Append(
+            memory_pb2.AppendRequest(session_id="s", message=chat(str(i))),
+            metadata=T1,
+            timeout=TIMEOUT,
+        )
+    history = await stub.GetHistory(
+        memory_pb2.GetHistoryRequest(session_id="s", limit=3), metadata=T1, timeout=TIMEOUT
+    )
+    assert [m.content for m in history.messages] == ["3", "4", "5"]
+    assert (history.total_messages, history.truncated) == (4, True)
+
+
+async def test_unknown_session_history_is_empty_and_delete_is_not_found(stub):
+    history = await stub.GetHistory(
+        memory_pb2.GetHistoryRequest(session_id="new"), metadata=T1, timeout=TIMEOUT
+    )
+    assert len(history.messages) == 0 and history.total_messages == 0
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.DeleteSession(
+            memory_pb2.DeleteSessionRequest(session_id="new"), metadata=T1, timeout=TIMEOUT
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_tenants_are_isolated_and_default_tenant_applies(stub):
+    await stub.Append(
+        memory_pb2.AppendRequest(session_id="s", message=chat("t1 secret")),
+        metadata=T1,
+        timeout=TIMEOUT,
+    )
+    other = await stub.GetHistory(
+        memory_pb2.GetHistoryRequest(session_id="s"), metadata=T2, timeout=TIMEOUT
+    )
+    assert len(other.messages) == 0
+    assert (
+        len(
+            (
+                await stub.ListSessions(
+                    memory_pb2.ListSessionsRequest(), metadata=T2, timeout=TIMEOUT
+                )
+            ).sessions
+        )
+        == 0
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.DeleteSession(
+            memory_pb2.DeleteSessionRequest(session_id="s"), metadata=T2, timeout=TIMEOUT
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    await stub.Append(memory_pb2.AppendRequest(session_id="d", message=chat("x")), timeout=TIMEOUT)
+    default = await stub.ListSessions(
+        memory_pb2.ListSessionsRequest(), metadata=((md.TENANT, "default"),), timeout=TIMEOUT
+    )
+    assert [s.session_id for s in default.sessions] == ["d"]
+
+
+async def test_list_delete_and_stats(stub):
+    for name in ("a", "b", "c"):
+        await stub.Append(
+            memory_pb2.AppendRequest(session_id=name, message=chat("abcd")),
+            metadata=T1,
+            timeout=TIMEOUT,
+        )
+    page = await stub.ListSessions(
+        memory_pb2.ListSessionsRequest(page_size=2), metadata=T1, timeout=TIMEOUT
+    )
+    assert [s.session_id for s in page.sessions] == ["a", "b"] and page.next_page_token
+    assert page.sessions[0].message_count == 1 and page.sessions[0].token_count == 1
+    assert page.sessions[0].updated_time.seconds > 0
+    rest = await stub.ListSessions(
+        memory_pb2.ListSessionsRequest(page_size=2, page_token=page.next_page_token),
+        metadata=T1,
+        timeout=TIMEOUT,
+    )
+    assert [s.session_id for s in rest.sessions] == ["c"] and rest.next_page_token == ""
+    deleted = await stub.DeleteSession(
+        memory_pb2.DeleteSessionRequest(session_id="b"), metadata=T1, timeout=TIMEOUT
+    )
+    assert deleted.deleted_messages == 1
+    stats = await stub.Stats(memory_pb2.StatsRequest(), metadata=T1, timeout=TIMEOUT)
+    assert (stats.sessions, stats.messages, stats.content_bytes, stats.tokens) == (2, 2, 8, 2)
+
+
+async def test_invalid_arguments_name_the_field_and_server_keeps_serving(stub):
+    call = dict(metadata=T1, timeout=TIMEOUT)
+    A, B = memory_pb2.AppendRequest, memory_pb2.BatchAppendRequest
+    await expect_invalid(stub.Append(A(message=chat("x")), **call), "session_id")
+    await expect_invalid(
+        stub.Append(A(session_id="s" * 257, message=chat("x")), **call), "session_id"
+    )
+    await expect_invalid(stub.Append(A(session_id="s"), **call), "message")
+    await expect_invalid(
+        stub.Append(A(session_id="s", message=chat("x", common_pb2.ROLE_UNSPECIFIED)), **call),
+        "message.role",
+    )
+    await expect_invalid(
+        stub.Append(A(session_id="s", message=chat("x", 99)), **call), "message.role"
+    )
+    await expect_invalid(
+        stub.Append(A(session_id="s", message=chat("x" * (256 * 1024 + 1))), **call),
+        "message.content",
+    )
+    await expect_invalid(
+        stub.Append(A(session_id="s", message=chat("x"), idempotency_key="k" * 257), **call),
+        "idempotency_key",
+    )
+    await expect_invalid(stub.BatchAppend(B(session_id="s"), **call), "messages")
+    await expect_invalid(
+        stub.BatchAppend(B(session_id="s", messages=[chat("x")] * 101), **call), "messages"
+    )
+    await expect_invalid(
+        stub.BatchAppend(
+            B(
+                session_id="s",
+                messages=[chat("a"), chat("b"), chat("c", common_pb2.ROLE_UNSPECIFIED)],
+            ),
+            **call,
+        ),
+        "messages[2].role",
+    )
+    await expect_invalid(
+        stub.BatchAppend(B(messages=[chat("a", 0)]), **call), "session_id", "messages[0].role"
+    )
+    await expect_invalid(stub.GetHistory(memory_pb2.GetHistoryRequest(), **call), "session_id")
+    await expect_invalid(
+        stub.DeleteSession(memory_pb2.DeleteSessionRequest(), **call), "session_id"
+    )
+    await expect_invalid(
+        stub.ListSessions(memory_pb2.ListSessionsRequest(page_size=1001), **call), "page_size"
+    )
+    await expect_invalid(
+        stub.ListSessions(memory_pb2.ListSessionsRequest(page_token="not a token"), **call),
+        "page_token",
+    )
+    # Nothing was stored by the bad calls, and the server still serves.
+    reply = await stub.Append(A(session_id="s", message=chat("ok")), **call)
+    assert reply.sequence == 1
+
+
+async def test_invalid_argument_status_is_consistent_for_grpc_status(stub):
+    from grpc_status import rpc_status
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetHistory(memory_pb2.GetHistoryRequest(), metadata=T1, timeout=TIMEOUT)
+    status = rpc_status.from_call(info.value)
+    assert status is not None and bad_request_fields(status) == ["session_id"]

@@ -1,0 +1,186 @@
+"""The whole mesh as separate processes (the `clawmesh up` code path)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from clawmesh.common.v1 import common_pb2
+from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from services.mesh import START_ORDER, MeshProcesses, child_env, health_status
+from services.runner import SERVICE_NAMES
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.system
+
+
+def mesh_env(tmp_path, **extra) -> dict[str, str]:
+    env = {f"CLAWMESH_{name.upper()}__PORT": str(free_port()) for name in START_ORDER}
+    env.update(
+        CLAWMESH_MEMORY__DATA_DIR=str(tmp_path / "data"),
+        CLAWMESH_TELEMETRY__EXPORT_INTERVAL_S="0.2",
+        CLAWMESH_LOG_LEVEL="WARNING",
+    )
+    env.update(extra)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CLAWMESH_")}
+    return child_env(base, env)
+
+
+def message(text: str, session: str = "sys-1", msg_id: str = "") -> common_pb2.InboundMessage:
+    return common_pb2.InboundMessage(
+        channel="telegram", sender="alice", session_id=session, content=text,
+        channel_message_id=msg_id or text,
+    )
+
+
+@pytest.fixture
+async def mesh(tmp_path):
+    mesh = MeshProcesses(mesh_env(tmp_path))
+    await mesh.start()
+    yield mesh
+    codes = await mesh.stop()
+    assert all(code == 0 for code in codes.values()), codes
+
+
+async def test_conversation_survives_a_memory_crash(mesh):
+    async with grpc.aio.insecure_channel(mesh.target("ingest")) as channel:
+        ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+        replies = []
+        for text in ("my name is Alice", "I like tea", "what do you know?"):
+            response = await ingest.Submit(ingest_pb2.SubmitRequest(message=message(text)), timeout=10)
+            replies.append(response.reply.content)
+        assert replies[2] == (
+            'mock reply 3: you said "what do you know?"; 2 earlier turn(s), previously "I like tea"'
+        )
+
+        mesh.signal("memory", signal.SIGKILL)
+        assert await mesh.wait_exit("memory", 10) == -signal.SIGKILL
+        await mesh.restart("memory")
+
+        async with grpc.aio.insecure_channel(mesh.target("memory")) as mchannel:
+            memory = memory_pb2_grpc.MemoryServiceStub(mchannel)
+            history = await memory.GetHistory(
+                memory_pb2.GetHistoryRequest(session_id="sys-1"),
+                metadata=(("x-clawmesh-tenant", "default"),), timeout=10,
+            )
+        assert [m.content for m in history.messages] == [
+            "my name is Alice", replies[0], "I like tea", replies[1], "what do you know?", replies[2]
+        ]
+        # Routing reconnects to the new memory process within its 1 s reconnect backoff.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while True:
+            try:
+                response = await ingest.Submit(
+                    ingest_pb2.SubmitRequest(message=message("still there?")), timeout=10
+                )
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE and loop.time() < deadline
+                await asyncio.sleep(0.1)
+        assert "3 earlier turn(s)" in response.reply.content
+
+
+async def test_every_service_is_serving_and_reflects_its_api(mesh):
+    for name in START_ORDER:
+        async with grpc.aio.insecure_channel(mesh.target(name)) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", SERVICE_NAMES[name]):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING, (name, service)
+            reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = reflection.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            listed = {s.name async for r in call for s in r.list_services_response.service}
+            assert {SERVICE_NAMES[name], "grpc.health.v1.Health"} <= listed, name
+
+
+async def test_metrics_sees_every_services_requests(mesh):
+    async with grpc.aio.insecure_channel(mesh.target("ingest")) as channel:
+        ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+        for i in range(4):
+            await ingest.Submit(ingest_pb2.SubmitRequest(message=message(f"n{i}")), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await ingest.Submit(ingest_pb2.SubmitRequest(message=message("")), timeout=10)
+    async with grpc.aio.insecure_channel(mesh.target("metrics")) as channel:
+        stub = metrics_pb2_grpc.MetricsServiceStub(channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:  # services push every 0.2 s; wait for the pushes that cover our calls
+            snap = await stub.GetSnapshot(metrics_pb2.GetSnapshotRequest(), timeout=5)
+            by_name = {s.service: s for s in snap.services}
+            if by_name.get("ingest") and by_name["ingest"].request_count >= 5 and \
+                    by_name.get("memory") and by_name["memory"].request_count >= 8:
+                break
+            assert loop.time() < deadline, snap
+            await asyncio.sleep(0.1)
+    ingest_snap = by_name["ingest"]
+    assert ingest_snap.request_count == 5 and ingest_snap.error_count == 1
+    [submit] = [m for m in ingest_snap.methods if m.method.endswith("/Submit")]
+    assert dict(submit.status_counts) == {"OK": 4, "INVALID_ARGUMENT": 1}
+    assert 0 < submit.latency.p50_ms <= submit.latency.p99_ms
+    assert by_name["routing"].request_count == 4 and by_name["provider"].request_count == 4
+    assert by_name["memory"].request_count == 8  # GetHistory + BatchAppend per message
+
+
+async def test_cli_send_and_health_work_against_the_running_mesh(mesh):
+    env = mesh.env
+    cli = [sys.executable, "-m", "services.cli"]
+    sent = await asyncio.to_thread(
+        subprocess.run, [*cli, "send", "hi", "there", "--session", "cli-1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout.strip() == 'mock reply 1: you said "hi there"; 0 earlier turn(s)'
+    health = await asyncio.to_thread(
+        subprocess.run, [*cli, "health"], env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert health.stdout.count("SERVING") == 5
+
+
+async def test_sigterm_drains_in_flight_refuses_new_and_exits_zero(tmp_path):
+    mesh = MeshProcesses(mesh_env(tmp_path, CLAWMESH_PROVIDER__MOCK_LATENCY_MS="1500"))
+    await mesh.start()
+    try:
+        async with grpc.aio.insecure_channel(mesh.target("ingest")) as channel:
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+            calls = [
+                ingest.SubmitStream(
+                    ingest_pb2.SubmitStreamRequest(message=message(f"m{i}", session=f"d{i}")), timeout=20
+                )
+                for i in range(3)
+            ]
+            # Initial metadata arrives once ingest has admitted the message: now in flight.
+            for call in calls:
+                assert dict(await call.initial_metadata())["x-clawmesh-request-id"]
+            mesh.signal("ingest", signal.SIGTERM)
+            target = mesh.target("ingest")
+            for _ in range(100):
+                if await health_status(target, timeout_s=0.5) != "SERVING":
+                    break
+                await asyncio.sleep(0.02)  # polling another process's state
+            async with grpc.aio.insecure_channel(target) as fresh:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await ingest_pb2_grpc.IngestServiceStub(fresh).Submit(
+                        ingest_pb2.SubmitRequest(message=message("late")), timeout=5
+                    )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            for i, call in enumerate(calls):
+                chunks = [r.chunk async for r in call]
+                assert chunks[-1].final and f'you said "m{i}"' in chunks[-1].reply.content
+                assert await call.code() == grpc.StatusCode.OK
+        assert await mesh.wait_exit("ingest", 15) == 0
+    finally:
+        await mesh.stop()
