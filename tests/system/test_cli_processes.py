@@ -1,0 +1,67 @@
+"""`clawmesh up` (what `make run` runs) and `clawmesh chat`, as a user would run them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from services.mesh import MeshProcesses
+from tests.system.test_mesh_processes import mesh_env
+
+pytestmark = pytest.mark.system
+
+
+async def _read_until(stream, marker: str, timeout_s: float) -> str:
+    seen = []
+
+    async def read():
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise AssertionError("output ended before " + repr(marker) + ":\n" + "".join(seen))
+            seen.append(line.decode())
+            if marker in seen[-1]:
+                return "".join(seen)
+
+    return await asyncio.wait_for(read(), timeout_s)
+
+
+async def test_up_prints_endpoints_and_stops_cleanly_on_ctrl_c(tmp_path):
+    env = mesh_env(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "up", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        banner = await _read_until(proc.stdout, "Ctrl-C stops the mesh", 60)
+        assert "every service is SERVING" in banner
+        for name in ("ingest", "routing", "provider", "memory", "metrics"):
+            port = env[f"CLAWMESH_{name.upper()}__PORT"]
+            assert f"{name}" in banner and f"127.0.0.1:{port}" in banner
+        assert "clawmesh chat" in banner
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_chat_holds_a_conversation(tmp_path):
+    mesh = MeshProcesses(mesh_env(tmp_path))
+    await mesh.start()
+    try:
+        chat = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.cli", "chat", "--session", "c1"],
+            input="hello\n\nhow are you\n/quit\n", env=mesh.env, capture_output=True, text=True,
+            timeout=60,
+        )
+    finally:
+        await mesh.stop()
+    assert chat.returncode == 0, chat.stderr
+    assert 'bot> mock reply 1: you said "hello"' in chat.stdout
+    assert 'mock reply 2: you said "how are you"; 1 earlier turn(s), previously "hello"' in chat.stdout
