@@ -1,9 +1,12 @@
 """Durable per-session chat history on SQLite (WAL): the memory service's core.
 
-All SQLite work runs on one dedicated thread with one connection, so calls are
-serialised and the event loop only awaits a future. Every write is a single
-transaction, committed with ``synchronous=FULL`` before the call returns: an
-acknowledged append survives ``kill -9`` (and a power cut).
+SQLite work runs off the event loop on two dedicated threads, each with its own
+connection: one writes, one reads (WAL lets reads proceed while a write
+commits). Appends use group commit: appends that arrive while a commit is on
+its way to disk wait, then go together into the next transaction, each in its
+own savepoint, under one ``synchronous=FULL`` commit. No append is acknowledged
+before the commit that holds it is on disk, so an acknowledged append survives
+``kill -9`` (and a power cut), and one fsync serves many concurrent appends.
 
     store = await MemoryStore.open(Path("data"), max_messages_per_session=200)
     result = await store.append("t1", "s1", [Message(role=2, content="hi")])
@@ -89,8 +92,13 @@ class MemoryStore:
             raise ValueError("max_messages_per_session must be >= 1")
         self.max_messages = max_messages_per_session
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-sqlite")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-write")
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-read")
         self._db: sqlite3.Connection | None = None
+        self._rdb: sqlite3.Connection | None = None
+        self._pending: list[tuple[tuple, asyncio.Future]] = []
+        self._flusher: asyncio.Task | None = None
+        self.commits = 0  # write transactions committed (group commit makes it < appends)
 
     @classmethod
     async def open(
@@ -103,16 +111,23 @@ class MemoryStore:
         store = cls(max_messages_per_session, clock)
         try:
             await store._run(store._connect, Path(data_dir))
+            await store._read(store._connect_reader, Path(data_dir))
         except BaseException:
             store._executor.shutdown(wait=False)
+            store._read_executor.shutdown(wait=False)
             raise
         return store
 
     async def close(self) -> None:
-        """Finish queued work, then close the database (queued after it on the one thread)."""
+        """Finish queued appends, then close both connections."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
         if self._db is not None:
             await self._run(self._close)
+        if self._rdb is not None:
+            await self._read(self._close_reader)
         self._executor.shutdown(wait=False)
+        self._read_executor.shutdown(wait=False)
 
     async def append(
         self, tenant: str, session_id: str, messages: Sequence[Message], idempotency_key: str = ""
@@ -120,13 +135,36 @@ class MemoryStore:
         """Append ``messages`` atomically; returns only after the commit is on disk."""
         if not messages:
             raise InvalidArgument("messages", "must not be empty")
-        return await self._run(self._append, tenant, session_id, list(messages), idempotency_key)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(((tenant, session_id, list(messages), idempotency_key), future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        """Commit queued appends in batches until the queue is empty (group commit)."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await self._run(self._append_batch, [args for args, _ in batch])
+                except BaseException as exc:  # the commit itself failed: nobody is acknowledged
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._flusher = None
 
     async def history(
         self, tenant: str, session_id: str, limit: int = 0, token_budget: int = 0
     ) -> History:
         """The newest messages, oldest first. ``limit`` 0: the window; ``token_budget`` 0: none."""
-        return await self._run(self._history, tenant, session_id, limit, token_budget)
+        return await self._read(self._history, tenant, session_id, limit, token_budget)
 
     async def delete_session(self, tenant: str, session_id: str) -> int:
         """Delete a session; returns its message count. NotFound when there is none."""
@@ -138,16 +176,28 @@ class MemoryStore:
         """Sessions ordered by id; pass ``next_page_token`` back for the next page."""
         size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
         after = decode_page_token(page_token) if page_token else None
-        return await self._run(self._list, tenant, size, after)
+        return await self._read(self._list, tenant, size, after)
 
     async def stats(self, tenant: str) -> Stats:
         """Sessions, messages, content bytes and tokens stored for ``tenant``."""
-        return await self._run(self._stats, tenant)
+        return await self._read(self._stats, tenant)
 
-    # -- everything below runs on the store's thread ------------------------------------
+    # -- everything below runs on the store's threads ----------------------------------
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _read(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._read_executor, fn, *args)
+
+    def _connect_reader(self, data_dir: Path) -> None:
+        self._rdb = sqlite3.connect(data_dir / DB_FILE, isolation_level=None)
+        self._rdb.execute("PRAGMA busy_timeout=5000")
+
+    def _close_reader(self) -> None:
+        db, self._rdb = self._rdb, None
+        if db is not None:
+            db.close()
 
     def _connect(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +219,7 @@ class MemoryStore:
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        db = self._db
+        db = self._db if write else self._rdb
         if db is None:
             raise RuntimeError("memory store is closed")
         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -180,56 +230,70 @@ class MemoryStore:
             raise
         db.execute("COMMIT")
 
-    def _append(self, tenant: str, session_id: str, messages: list[Message], key: str):
+    def _append_batch(self, batch: list[tuple]) -> list:
+        """One transaction for the batch; each append in a savepoint so a bad one fails alone."""
+        results: list = []
+        with self._tx(write=True) as db:
+            for args in batch:
+                db.execute("SAVEPOINT one_append")
+                try:
+                    results.append(self._append(db, *args))
+                except Exception as exc:  # noqa: BLE001 - handed to that append's caller
+                    db.execute("ROLLBACK TO one_append")
+                    results.append(exc)
+                db.execute("RELEASE one_append")
+        self.commits += 1
+        return results
+
+    def _append(self, db, tenant: str, session_id: str, messages: list[Message], key: str):
         now = self._clock()
         key_where = (tenant, key)
         where = (tenant, session_id)
-        with self._tx(write=True) as db:
-            if key:
-                row = db.execute(
-                    "SELECT session_id, first_seq, count FROM idempotency WHERE tenant=? AND key=?",
-                    key_where,
-                ).fetchone()
-                if row is not None:
-                    if row[0] != session_id:
-                        raise InvalidArgument("idempotency_key", "already used for another session")
-                    return AppendResult(list(range(row[1], row[1] + row[2])), duplicate=True)
+        if key:
             row = db.execute(
-                "SELECT last_seq FROM sessions WHERE tenant=? AND session_id=?", where
+                "SELECT session_id, first_seq, count FROM idempotency WHERE tenant=? AND key=?",
+                key_where,
             ).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO sessions VALUES (?, ?, 0, 0, 0, 0, ?, ?)", (*where, now, now)
-                )
-            last = 0 if row is None else row[0]
-            rows = [_row(where, seq, m, now) for seq, m in enumerate(messages, start=last + 1)]
-            db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-            new_last = last + len(rows)
-            count, tokens, size = len(rows), sum(r[7] for r in rows), sum(r[8] for r in rows)
-            cutoff = new_last - self.max_messages
-            if cutoff > 0:
-                gone = db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(token_count), 0),"
-                    " COALESCE(SUM(content_bytes), 0) FROM messages"
-                    " WHERE tenant=? AND session_id=? AND seq<=?",
-                    (*where, cutoff),
-                ).fetchone()
-                db.execute(
-                    "DELETE FROM messages WHERE tenant=? AND session_id=? AND seq<=?",
-                    (*where, cutoff),
-                )
-                count, tokens, size = count - gone[0], tokens - gone[1], size - gone[2]
+            if row is not None:
+                if row[0] != session_id:
+                    raise InvalidArgument("idempotency_key", "already used for another session")
+                return AppendResult(list(range(row[1], row[1] + row[2])), duplicate=True)
+        row = db.execute(
+            "SELECT last_seq FROM sessions WHERE tenant=? AND session_id=?", where
+        ).fetchone()
+        if row is None:
             db.execute(
-                "UPDATE sessions SET last_seq=?, message_count=message_count+?,"
-                " token_count=token_count+?, content_bytes=content_bytes+?, updated_ns=?"
-                " WHERE tenant=? AND session_id=?",
-                (new_last, count, tokens, size, now, *where),
+                "INSERT INTO sessions VALUES (?, ?, 0, 0, 0, 0, ?, ?)", (*where, now, now)
             )
-            if key:
-                db.execute(
-                    "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)",
-                    (*key_where, session_id, last + 1, len(rows)),
-                )
+        last = 0 if row is None else row[0]
+        rows = [_row(where, seq, m, now) for seq, m in enumerate(messages, start=last + 1)]
+        db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        new_last = last + len(rows)
+        count, tokens, size = len(rows), sum(r[7] for r in rows), sum(r[8] for r in rows)
+        cutoff = new_last - self.max_messages
+        if cutoff > 0:
+            gone = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(token_count), 0),"
+                " COALESCE(SUM(content_bytes), 0) FROM messages"
+                " WHERE tenant=? AND session_id=? AND seq<=?",
+                (*where, cutoff),
+            ).fetchone()
+            db.execute(
+                "DELETE FROM messages WHERE tenant=? AND session_id=? AND seq<=?",
+                (*where, cutoff),
+            )
+            count, tokens, size = count - gone[0], tokens - gone[1], size - gone[2]
+        db.execute(
+            "UPDATE sessions SET last_seq=?, message_count=message_count+?,"
+            " token_count=token_count+?, content_bytes=content_bytes+?, updated_ns=?"
+            " WHERE tenant=? AND session_id=?",
+            (new_last, count, tokens, size, now, *where),
+        )
+        if key:
+            db.execute(
+                "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)",
+                (*key_where, session_id, last + 1, len(rows)),
+            )
         return AppendResult(list(range(last + 1, new_last + 1)), duplicate=False)
 
     def _history(self, tenant: str, session_id: str, limit: int, budget: int) -> History:
