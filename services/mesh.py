@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -63,6 +64,7 @@ class MeshProcesses:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "serve", name],
             env=self.env, stdin=subprocess.DEVNULL, stderr=self.stderr,
+            preexec_fn=_die_with_parent,
         )
         self.procs[name] = proc
         return proc
@@ -127,6 +129,17 @@ class MeshProcesses:
                 self.procs[name].kill()
                 codes[name] = self.procs[name].wait()
         return codes
+
+
+# Looked up here, not in the forked child: a child of a threaded process must not import.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM (a graceful stop) if the supervisor dies (Linux only)."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def child_env(base: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -13,6 +13,12 @@ async def run_up(env: dict[str, str]) -> int:
     env = child_env(env)
     env.setdefault("CLAWMESH_LOG_FORMAT", "text")
     mesh = MeshProcesses(env)
+    # Handlers first: a Ctrl-C that arrives while starting (or right after the
+    # banner) must stop the mesh, not be lost.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     print("starting ClawMesh: " + ", ".join(START_ORDER) + " ...", file=sys.stderr)
     try:
         took = await mesh.start()
@@ -34,10 +40,6 @@ async def run_up(env: dict[str, str]) -> int:
         "\nCtrl-C stops the mesh.",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     code = 0
     while not stop.is_set():
         crashed = mesh.exited()

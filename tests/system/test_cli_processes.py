@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from services.mesh import MeshProcesses
+from services.mesh import MeshProcesses, health_status
 from tests.system.test_mesh_processes import mesh_env
 
 pytestmark = pytest.mark.system
@@ -65,3 +65,20 @@ async def test_chat_holds_a_conversation(tmp_path):
     assert chat.returncode == 0, chat.stderr
     assert 'bot> mock reply 1: you said "hello"' in chat.stdout
     assert 'mock reply 2: you said "how are you"; 1 earlier turn(s), previously "hello"' in chat.stdout
+
+
+async def test_services_stop_when_up_is_killed(tmp_path):
+    env = mesh_env(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "up", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    await _read_until(proc.stdout, "Ctrl-C stops the mesh", 60)
+    proc.kill()  # no chance to clean up: the children must notice by themselves
+    await proc.wait()
+    target = f"127.0.0.1:{env['CLAWMESH_INGEST__PORT']}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while await health_status(target, timeout_s=0.5) != "UNREACHABLE":
+        assert loop.time() < deadline, "ingest still running after its supervisor died"
+        await asyncio.sleep(0.1)  # polling another process's state
