@@ -157,12 +157,12 @@ class Downstream(ClawMeshError):
         return status
 
 
-STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def code_name(code: int) -> str:
     """``3`` -> ``"INVALID_ARGUMENT"``."""
-    return STATUS_NAMES.get(code, str(code))
+    return CODES[code].name if code in CODES else str(code)
 
 
 def status_of(exc: BaseException) -> status_pb2.Status:

@@ -21,7 +21,7 @@ import grpc
 
 from shared import context as callctx
 from shared import metadata as md
-from shared.errors import ClawMeshError, status_of
+from shared.errors import CODES, ClawMeshError, status_of
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class ErrorInterceptor(HandlerInterceptor):
         if not isinstance(exc, ClawMeshError | grpc.aio.AioRpcError):
             log.exception("unhandled error in handler")
         status = status_of(exc)
-        code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+        code = CODES.get(status.code, grpc.StatusCode.UNKNOWN)
         details = ((md.STATUS_DETAILS, status.SerializeToString()),)
         await context.abort(code, status.message, trailing_metadata=details)
 
@@ -141,9 +141,6 @@ class ErrorInterceptor(HandlerInterceptor):
             if _is_abort(exc):
                 raise
             await self._abort(context, exc)
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _is_abort(exc: BaseException) -> bool:
