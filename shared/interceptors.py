@@ -124,9 +124,7 @@ class ErrorInterceptor(HandlerInterceptor):
     async def unary(self, method, call_next, request, context):
         try:
             return await call_next(request, context)
-        except (ClawMeshError, grpc.aio.AioRpcError) as exc:
-            await self._abort(context, exc)
-        except Exception as exc:  # noqa: BLE001 - a bug: INTERNAL, never a crash
+        except Exception as exc:  # noqa: BLE001 - unexpected ones are bugs: INTERNAL, never a crash
             if _is_abort(exc):
                 raise
             await self._abort(context, exc)
@@ -135,8 +133,6 @@ class ErrorInterceptor(HandlerInterceptor):
         try:
             async for response in call_next(request, context):
                 yield response
-        except (ClawMeshError, grpc.aio.AioRpcError) as exc:
-            await self._abort(context, exc)
         except Exception as exc:  # noqa: BLE001
             if _is_abort(exc):
                 raise

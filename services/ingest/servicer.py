@@ -10,8 +10,15 @@ import grpc
 from clawmesh.common.v1 import common_pb2
 from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.ingest.core import Ingest
+from shared import context as callctx
 from shared import metadata as md
 from shared.errors import ClawMeshError, status_of
+
+
+def _headers(context) -> dict[str, str]:
+    """The call's metadata, as the context interceptor already parsed it."""
+    info = callctx.current()
+    return info.headers if info is not None else md.to_dict(context.invocation_metadata())
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -20,12 +27,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.converse_max_in_flight = converse_max_in_flight
 
     async def Submit(self, request, context):
-        headers = md.to_dict(context.invocation_metadata())
+        headers = _headers(context)
         reply = await self.ingest.submit(request.message, request.HasField("message"), headers)
         return ingest_pb2.SubmitResponse(reply=reply)
 
     async def SubmitStream(self, request, context):
-        headers = md.to_dict(context.invocation_metadata())
+        headers = _headers(context)
         forward, out = self.ingest.admit(request.message, request.HasField("message"), headers)
         # Tell the caller at once that the message was admitted, and under which id.
         await context.send_initial_metadata(((md.REQUEST_ID, out[md.REQUEST_ID]),))
@@ -40,7 +47,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         pushes back on the adapter). A failed message gets an error response;
         the stream goes on.
         """
-        headers = md.to_dict(context.invocation_metadata())
+        headers = _headers(context)
         done: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(self.converse_max_in_flight)
         tasks: set[asyncio.Task] = set()
