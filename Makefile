@@ -51,7 +51,7 @@ check-protos: $(STAMP)
 
 lint: setup
 	cd protos && ../$(BUF) lint
-	$(PY) -m ruff check services shared loadtest tests
+	$(PY) -m ruff check services shared launcher loadtest bench tests
 
 test: setup system-deps lint check-protos
 	$(PY) -m pytest
@@ -60,7 +60,7 @@ run: setup
 	$(VENV)/bin/clawmesh up
 
 bench: setup system-deps
-	$(PY) -m loadtest.bench
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) .tools .tmp-gen .pytest_cache

@@ -12,7 +12,7 @@ from __future__ import annotations
 import operator
 import re
 
-from loadtest.config import ConfigError, parse_duration
+from clawmesh.loadtest.config import ConfigError, parse_duration
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
         "<": operator.lt, ">": operator.gt}

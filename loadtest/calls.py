@@ -21,10 +21,10 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from loadtest.config import ConfigError
-from loadtest.protodesc import message_class
-from loadtest.report import Result
-from loadtest.templates import Template, TemplateError, call_data
+from clawmesh.loadtest.config import ConfigError
+from clawmesh.loadtest.protodesc import message_class
+from clawmesh.loadtest.report import Result
+from clawmesh.loadtest.templates import Template, TemplateError, call_data
 
 CODE_NAMES = {c: "".join(p.title() for p in c.name.split("_")) for c in grpc.StatusCode}
 CODE_NAMES[grpc.StatusCode.CANCELLED] = "Canceled"

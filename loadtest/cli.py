@@ -18,12 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
-from loadtest import asserts
-from loadtest.config import KEYS, ConfigError, load_config
-from loadtest.formats import render
-from loadtest.parallel import execute, run_async
-from loadtest.runner import RunError
-from loadtest.templates import TemplateError
+from clawmesh.loadtest import asserts
+from clawmesh.loadtest.config import KEYS, ConfigError, load_config
+from clawmesh.loadtest.formats import render
+from clawmesh.loadtest.parallel import execute, run_async
+from clawmesh.loadtest.runner import RunError
+from clawmesh.loadtest.templates import TemplateError
 
 _SHORT = {"total": "-n", "concurrency": "-c", "duration": "-z", "max-duration": "-x",
           "rps": "-r", "format": "-O", "output": "-o", "data": "-d", "data-file": "-D",

@@ -6,7 +6,7 @@
 
 A message ``error:<CODE>`` (e.g. ``error:INVALID_ARGUMENT``) makes the call fail with
 that status; ``delay_ms`` (Echo) delays the answer. Standalone:
-``python -m loadtest.echo_server --port 50060``.
+``python -m clawmesh.loadtest.echo_server --port 50060``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import asyncio
 
 import grpc
 
+from clawmesh.shared.rpc.server import MeshServer, create_server
+from clawmesh.shared.settings import ServerSettings
 from clawmesh.testing.v1 import echo_pb2, echo_pb2_grpc
-from shared.server import MeshServer, create_server
-from shared.settings import ServerSettings
 
 SERVICE = "clawmesh.testing.v1.EchoService"
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50060)
     args = parser.parse_args(argv)
-    from loadtest.parallel import run_async
+    from clawmesh.loadtest.parallel import run_async
 
     async def serve() -> None:
         await build_echo_server(args.host, args.port).serve_until_signal()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 
-from loadtest.report import go_json
+from clawmesh.loadtest.report import go_json
 
 FORMATS = ("summary", "json", "pretty", "csv", "html")
 

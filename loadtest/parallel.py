@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from loadtest.calls import Payload
-from loadtest.config import import_paths
-from loadtest.protodesc import descriptor_set, find_method
-from loadtest.report import Result, Struct, build_report, report_options
-from loadtest.runner import Counter, Engine, Outcome, Plan, RunError, make_channel
+from clawmesh.loadtest.calls import Payload
+from clawmesh.loadtest.config import import_paths
+from clawmesh.loadtest.protodesc import descriptor_set, find_method
+from clawmesh.loadtest.report import Result, Struct, build_report, report_options
+from clawmesh.loadtest.runner import Counter, Engine, Outcome, Plan, RunError, make_channel
 
 START_DELAY_NS = 50_000_000  # lets every process reach the start line
 

@@ -155,7 +155,7 @@ def report_options(cfg: dict, import_paths: list[str] | None = None) -> Struct:
 def go_json(value: Any, indent: str | None = None, _level: int = 0) -> str:
     """Go ``json.Marshal`` / ``MarshalIndent(v, "", indent)``: HTML-safe escapes, Go floats,
     sorted map keys (``Struct`` keys keep their order)."""
-    from loadtest.tfuncs import go_float
+    from clawmesh.loadtest.tfuncs import go_float
 
     if value is None:
         return "null"

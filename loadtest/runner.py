@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from loadtest.calls import CallOpts, Payload, do_call, shape_of
-from loadtest.protodesc import find_method
-from loadtest.report import Result
-from loadtest.schedule import Ticks, make_pacer, share, worker_ticks
+from clawmesh.loadtest.calls import CallOpts, Payload, do_call, shape_of
+from clawmesh.loadtest.protodesc import find_method
+from clawmesh.loadtest.report import Result
+from clawmesh.loadtest.schedule import Ticks, make_pacer, share, worker_ticks
 
 _KINDS = {"unary": "unary_unary", "server": "unary_stream", "client": "stream_unary",
           "bidi": "stream_stream"}

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from loadtest import tfuncs
+from clawmesh.loadtest import tfuncs
 
 CALL_FIELDS = (
     "RequestNumber", "WorkerID", "FullyQualifiedName", "MethodName", "ServiceName",

@@ -14,8 +14,8 @@ import contextvars
 import time
 from dataclasses import dataclass, field
 
-from shared import metadata as md
-from shared.errors import DeadlineExceeded
+from clawmesh.shared import metadata as md
+from clawmesh.shared.errors import DeadlineExceeded
 
 
 @dataclass

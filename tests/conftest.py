@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import MeshSettings
+from clawmesh.shared.settings import MeshSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 

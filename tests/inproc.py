@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from services.runner import build_service
-from shared.settings import MeshSettings
+from clawmesh.launcher.runner import build_service
+from clawmesh.shared.settings import MeshSettings
 
 # Dependencies first, so each service is built knowing where the others listen.
 ORDER = ("metrics", "memory", "provider", "routing", "ingest")

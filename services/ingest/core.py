@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.routing.v1 import routing_pb2
-from services.ingest.validation import validate_inbound
-from shared import metadata as md
-from shared.context import call_options
-from shared.errors import PermissionDenied
-from shared.settings import MeshSettings
+from clawmesh.services.ingest.validation import validate_inbound
+from clawmesh.shared import metadata as md
+from clawmesh.shared.context import call_options
+from clawmesh.shared.errors import PermissionDenied
+from clawmesh.shared.settings import MeshSettings
 
 PRIORITY_NAMES = {v: k.removeprefix("PRIORITY_").lower() for k, v in common_pb2.Priority.items()}
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from clawmesh.ingest.v1 import ingest_pb2_grpc
 from clawmesh.routing.v1 import routing_pb2_grpc
-from services.ingest.core import Ingest
-from services.ingest.servicer import IngestServicer
-from shared.channels import ChannelPool
-from shared.interceptors import server_interceptors
-from shared.server import MeshServer, create_server
-from shared.settings import MeshSettings
+from clawmesh.services.ingest.core import Ingest
+from clawmesh.services.ingest.servicer import IngestServicer
+from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.channels import ChannelPool
+from clawmesh.shared.rpc.server import MeshServer, create_server
+from clawmesh.shared.settings import MeshSettings
 
 
 async def build(settings: MeshSettings, meter=None) -> MeshServer:

@@ -9,10 +9,10 @@ import grpc
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest.core import Ingest
-from shared import context as callctx
-from shared import metadata as md
-from shared.errors import ClawMeshError, status_of
+from clawmesh.services.ingest.core import Ingest
+from clawmesh.shared import context as callctx
+from clawmesh.shared import metadata as md
+from clawmesh.shared.errors import ClawMeshError, status_of
 
 
 def _headers(context) -> dict[str, str]:

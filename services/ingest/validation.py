@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from clawmesh.common.v1 import common_pb2
-from shared.errors import FieldViolation, InvalidArgument
-from shared.settings import IngestSettings
+from clawmesh.shared.errors import FieldViolation, InvalidArgument
+from clawmesh.shared.settings import IngestSettings
 
 KNOWN_PRIORITIES = frozenset(common_pb2.Priority.values())
 MAX_ATTRIBUTE_VALUE_CHARS = 1024

@@ -7,11 +7,11 @@ await server.start()
 from __future__ import annotations
 
 from clawmesh.memory.v1 import memory_pb2_grpc
-from services.memory.servicer import MemoryServiceServicer
-from services.memory.store import MemoryStore
-from shared.interceptors import server_interceptors
-from shared.server import MeshServer, create_server
-from shared.settings import MeshSettings
+from clawmesh.services.memory.servicer import MemoryServiceServicer
+from clawmesh.services.memory.store import MemoryStore
+from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.server import MeshServer, create_server
+from clawmesh.shared.settings import MeshSettings
 
 SERVICE_NAME = "clawmesh.memory.v1.MemoryService"
 

@@ -11,7 +11,7 @@ import binascii
 import math
 from dataclasses import dataclass, field
 
-from shared.errors import InvalidArgument
+from clawmesh.shared.errors import InvalidArgument
 
 _TOKEN_PREFIX = b"s1:"
 

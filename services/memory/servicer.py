@@ -11,10 +11,10 @@ from google.protobuf import timestamp_pb2
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from services.memory.records import Message, SessionInfo, ToolCall
-from services.memory.store import MAX_PAGE_SIZE, MemoryStore
-from shared.context import current
-from shared.errors import FieldViolation, InvalidArgument
+from clawmesh.services.memory.records import Message, SessionInfo, ToolCall
+from clawmesh.services.memory.store import MAX_PAGE_SIZE, MemoryStore
+from clawmesh.shared.context import current
+from clawmesh.shared.errors import FieldViolation, InvalidArgument
 
 DEFAULT_TENANT = "default"
 MAX_ID_CHARS = 256

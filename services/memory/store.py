@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from services.memory.records import (
+from clawmesh.services.memory.records import (
     AppendResult,
     History,
     Message,
@@ -41,7 +41,7 @@ from services.memory.records import (
     encode_page_token,
     estimate_tokens,
 )
-from shared.errors import InvalidArgument, NotFound
+from clawmesh.shared.errors import InvalidArgument, NotFound
 
 DB_FILE = "memory.sqlite3"
 DEFAULT_PAGE_SIZE = 100

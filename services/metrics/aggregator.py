@@ -5,7 +5,7 @@
     [ingest] = metrics.snapshot("ingest")       # ServiceStats: counts, codes, latency
 
 Only ``rpc.server.duration`` histograms (ms; attributes ``rpc.method`` and
-``rpc.grpc.status_code``, as ``shared.interceptors.MetricsInterceptor`` records
+``rpc.grpc.status_code``, as ``clawmesh.shared.rpc.chain.MetricsInterceptor`` records
 them) are aggregated; other data points are counted and ignored. Memory is
 bounded: an instance silent for ``stale_after_s`` is dropped with its series,
 and at most ``max_series`` series are kept (the rest are counted as dropped).
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from services.metrics.histogram import Histogram, LatencyStats, summarize
-from shared.errors import code_name
+from clawmesh.services.metrics.histogram import Histogram, LatencyStats, summarize
+from clawmesh.shared.errors import code_name
 
 DURATION_METRIC = "rpc.server.duration"
 UNKNOWN_SERVICE = "unknown_service"

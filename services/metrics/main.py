@@ -11,11 +11,11 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_trace_grpc
 
 from clawmesh.metrics.v1 import metrics_pb2_grpc
-from services.metrics.aggregator import MetricsAggregator, SpanLog
-from services.metrics.servicer import OtlpMetricsServicer, OtlpTraceServicer, SnapshotServicer
-from shared.interceptors import server_interceptors
-from shared.server import MeshServer, create_server
-from shared.settings import MeshSettings
+from clawmesh.services.metrics.aggregator import MetricsAggregator, SpanLog
+from clawmesh.services.metrics.servicer import OtlpMetricsServicer, OtlpTraceServicer, SnapshotServicer
+from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.server import MeshServer, create_server
+from clawmesh.shared.settings import MeshSettings
 
 SERVICE_NAMES = [
     "clawmesh.metrics.v1.MetricsService",

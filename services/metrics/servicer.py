@@ -13,8 +13,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_trace_grpc
 
 from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
-from services.metrics.aggregator import MetricsAggregator, ServiceStats, SpanLog
-from services.metrics.histogram import LatencyStats
+from clawmesh.services.metrics.aggregator import MetricsAggregator, ServiceStats, SpanLog
+from clawmesh.services.metrics.histogram import LatencyStats
 
 
 class OtlpMetricsServicer(otlp_metrics_grpc.MetricsServiceServicer):

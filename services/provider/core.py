@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from services.provider.backends import Backend, BackendInfo, Generation, Turn
-from shared.errors import InvalidArgument
+from clawmesh.services.provider.backends import Backend, BackendInfo, Generation, Turn
+from clawmesh.shared.errors import InvalidArgument
 
 
 class Provider:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from clawmesh.provider.v1 import provider_pb2_grpc
-from services.provider.backends import MockBackend
-from services.provider.core import Provider
-from services.provider.servicer import ProviderServicer
-from shared.interceptors import server_interceptors
-from shared.server import MeshServer, create_server
-from shared.settings import MeshSettings
+from clawmesh.services.provider.backends import MockBackend
+from clawmesh.services.provider.core import Provider
+from clawmesh.services.provider.servicer import ProviderServicer
+from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.server import MeshServer, create_server
+from clawmesh.shared.settings import MeshSettings
 
 
 async def build(settings: MeshSettings, meter=None) -> MeshServer:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
-from services.provider.backends import Turn, estimate_tokens
-from services.provider.core import Provider
-from shared.errors import InvalidArgument
+from clawmesh.services.provider.backends import Turn, estimate_tokens
+from clawmesh.services.provider.core import Provider
+from clawmesh.shared.errors import InvalidArgument
 
 ROLES = {
     common_pb2.ROLE_SYSTEM: "system",

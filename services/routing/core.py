@@ -18,8 +18,8 @@ from google.protobuf import timestamp_pb2
 from clawmesh.common.v1 import common_pb2
 from clawmesh.memory.v1 import memory_pb2
 from clawmesh.provider.v1 import provider_pb2
-from shared.context import call_options, current
-from shared.settings import MeshSettings
+from clawmesh.shared.context import call_options, current
+from clawmesh.shared.settings import MeshSettings
 
 
 @dataclass(frozen=True)

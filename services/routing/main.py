@@ -5,12 +5,12 @@ from __future__ import annotations
 from clawmesh.memory.v1 import memory_pb2_grpc
 from clawmesh.provider.v1 import provider_pb2_grpc
 from clawmesh.routing.v1 import routing_pb2_grpc
-from services.routing.core import Router
-from services.routing.servicer import RoutingServicer
-from shared.channels import ChannelPool
-from shared.interceptors import server_interceptors
-from shared.server import MeshServer, create_server
-from shared.settings import MeshSettings
+from clawmesh.services.routing.core import Router
+from clawmesh.services.routing.servicer import RoutingServicer
+from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.channels import ChannelPool
+from clawmesh.shared.rpc.server import MeshServer, create_server
+from clawmesh.shared.settings import MeshSettings
 
 
 async def build(settings: MeshSettings, meter=None) -> MeshServer:

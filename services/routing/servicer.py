@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clawmesh.routing.v1 import routing_pb2, routing_pb2_grpc
-from services.routing.core import Route, Router
+from clawmesh.services.routing.core import Route, Router
 
 
 def encode_route(route: Route) -> routing_pb2.RouteDecision:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from loadtest.config import load_config
-from loadtest.echo_server import build_echo_server
+from clawmesh.loadtest.config import load_config
+from clawmesh.loadtest.echo_server import build_echo_server
 
 ECHO_PROTO = "protos/clawmesh/testing/v1/echo.proto"
 

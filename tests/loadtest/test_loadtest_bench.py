@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loadtest.bench import main
+from bench.run import main
 
 pytestmark = pytest.mark.system
 

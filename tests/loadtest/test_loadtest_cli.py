@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from loadtest.cli import main
-from loadtest.config import ConfigError
+from clawmesh.loadtest.cli import main
+from clawmesh.loadtest.config import ConfigError
 
 PROTO = "protos/clawmesh/testing/v1/echo.proto"
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from loadtest.cli import build_parser
-from loadtest.config import MAX_INT32, ConfigError, import_paths, load_config, parse_duration
+from clawmesh.loadtest.cli import build_parser
+from clawmesh.loadtest.config import MAX_INT32, ConfigError, import_paths, load_config, parse_duration
 
 BASE = {"call": "a.B.C", "host": "127.0.0.1:1"}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.config import KEYS, load_config
-from loadtest.parallel import prepare
+from clawmesh.loadtest.config import KEYS, load_config
+from clawmesh.loadtest.parallel import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p for p in (ROOT / "loadtest" / "configs").rglob("*.json")

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from loadtest.config import load_config
-from loadtest.formats import format_nano, render
-from loadtest.report import Result, Struct, build_report, go_json, percentiles, report_options
+from clawmesh.loadtest.config import load_config
+from clawmesh.loadtest.formats import format_nano, render
+from clawmesh.loadtest.report import Result, Struct, build_report, go_json, percentiles, report_options
 
 T0 = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z
 ERR = "rpc error: code = Unavailable desc = transport is closing"

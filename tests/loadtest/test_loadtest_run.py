@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.config import ConfigError
-from loadtest.parallel import execute
+from clawmesh.loadtest.config import ConfigError
+from clawmesh.loadtest.parallel import execute
 
 INVALID = "rpc error: code = InvalidArgument desc = requested INVALID_ARGUMENT"
 MS = 1_000_000

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loadtest.config import load_config
-from loadtest.schedule import (
+from clawmesh.loadtest.config import load_config
+from clawmesh.loadtest.schedule import (
     ConstantPacer,
     StepPacer,
     Ticks,

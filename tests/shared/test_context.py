@@ -2,9 +2,9 @@ import time
 
 import pytest
 
-from shared import context as callctx
-from shared import metadata as md
-from shared.errors import DeadlineExceeded
+from clawmesh.shared import context as callctx
+from clawmesh.shared import metadata as md
+from clawmesh.shared.errors import DeadlineExceeded
 
 
 def _with(info):

@@ -1,7 +1,7 @@
 import grpc
 from google.rpc import error_details_pb2
 
-from shared.errors import (
+from clawmesh.shared.errors import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,

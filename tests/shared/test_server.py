@@ -10,13 +10,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from clawmesh.shared import context as callctx
+from clawmesh.shared.errors import InvalidArgument, bad_request_fields
+from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.server import create_server
+from clawmesh.shared.settings import ServerSettings
+from clawmesh.shared.telemetry import meter_provider
 from clawmesh.testing.v1 import echo_pb2, echo_pb2_grpc
-from shared import context as callctx
-from shared.errors import InvalidArgument, bad_request_fields
-from shared.interceptors import server_interceptors
-from shared.server import create_server
-from shared.settings import ServerSettings
-from shared.telemetry import meter_provider
 from tests.conftest import trailing_status
 
 SERVICE = "clawmesh.testing.v1.EchoService"

@@ -1,6 +1,6 @@
 import pytest
 
-from shared.settings import MeshSettings, SettingsError, load_settings
+from clawmesh.shared.settings import MeshSettings, SettingsError, load_settings
 
 
 def test_defaults_need_no_configuration():

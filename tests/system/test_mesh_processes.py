@@ -15,10 +15,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from clawmesh.launcher.mesh import START_ORDER, MeshProcesses, child_env, health_status
+from clawmesh.launcher.runner import SERVICE_NAMES
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
-from services.mesh import START_ORDER, MeshProcesses, child_env, health_status
-from services.runner import SERVICE_NAMES
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.system
@@ -137,7 +137,7 @@ async def test_metrics_sees_every_services_requests(mesh):
 
 async def test_cli_send_and_health_work_against_the_running_mesh(mesh):
     env = mesh.env
-    cli = [sys.executable, "-m", "services.cli"]
+    cli = [sys.executable, "-m", "clawmesh.launcher.cli"]
     sent = await asyncio.to_thread(
         subprocess.run, [*cli, "send", "hi", "there", "--session", "cli-1"],
         env=env, capture_output=True, text=True, timeout=60,

@@ -7,8 +7,8 @@ import pytest
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-from services.ingest.core import idempotency_key
-from shared.errors import bad_request_fields
+from clawmesh.services.ingest.core import idempotency_key
+from clawmesh.shared.errors import bad_request_fields
 from tests.conftest import trailing_status
 from tests.inproc import inproc_mesh
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.memory.store import MemoryStore, Message
+from clawmesh.services.memory.store import MemoryStore, Message
 
 REPO = Path(__file__).resolve().parents[3]
 ACKED = 25
@@ -16,7 +16,7 @@ ACKED = 25
 # Appends pairs of messages forever, printing each acknowledged result; killed by the test.
 CHILD = """
 import asyncio, sys
-from services.memory.store import MemoryStore, Message
+from clawmesh.services.memory.store import MemoryStore, Message
 
 async def main():
     store = await MemoryStore.open(sys.argv[1], 100_000)

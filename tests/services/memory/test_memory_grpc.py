@@ -8,10 +8,10 @@ from google.rpc import status_pb2
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from services.memory.main import build
-from shared import metadata as md
-from shared.errors import bad_request_fields
-from shared.settings import MeshSettings
+from clawmesh.services.memory.main import build
+from clawmesh.shared import metadata as md
+from clawmesh.shared.errors import bad_request_fields
+from clawmesh.shared.settings import MeshSettings
 
 T1 = ((md.TENANT, "t1"),)
 T2 = ((md.TENANT, "t2"),)

@@ -8,7 +8,7 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.memory.store import MemoryStore, Message
+from clawmesh.services.memory.store import MemoryStore, Message
 
 # One operation: (session, batch of token counts, idempotency key or "").
 operations = st.lists(

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from services.memory.store import DB_FILE, MemoryStore, Message, ToolCall, estimate_tokens
-from shared.errors import InvalidArgument, NotFound
+from clawmesh.services.memory.store import DB_FILE, MemoryStore, Message, ToolCall, estimate_tokens
+from clawmesh.shared.errors import InvalidArgument, NotFound
 
 USER, ASSISTANT = 2, 3
 

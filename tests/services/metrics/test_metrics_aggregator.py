@@ -10,7 +10,7 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from services.metrics.aggregator import MetricsAggregator, SpanLog
+from clawmesh.services.metrics.aggregator import MetricsAggregator, SpanLog
 
 SUBMIT = "/clawmesh.ingest.v1.IngestService/Submit"
 CONVERSE = "/clawmesh.ingest.v1.IngestService/Converse"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.metrics.histogram import (
+from clawmesh.services.metrics.histogram import (
     Histogram,
     LatencyStats,
     merge_buckets,

@@ -15,10 +15,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
-from services.metrics.aggregator import SpanLog
-from services.metrics.main import build
-from shared.settings import MeshSettings
-from shared.telemetry import otlp_meter_provider
+from clawmesh.services.metrics.aggregator import SpanLog
+from clawmesh.services.metrics.main import build
+from clawmesh.shared.settings import MeshSettings
+from clawmesh.shared.telemetry import otlp_meter_provider
 
 SUBMIT = "/clawmesh.ingest.v1.IngestService/Submit"
 CONVERSE = "/clawmesh.ingest.v1.IngestService/Converse"

@@ -3,8 +3,8 @@ import pytest
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
-from services.provider.backends import MockBackend, Turn
-from shared.errors import bad_request_fields
+from clawmesh.services.provider.backends import MockBackend, Turn
+from clawmesh.shared.errors import bad_request_fields
 from tests.conftest import trailing_status
 from tests.inproc import inproc_mesh
 

@@ -20,7 +20,7 @@ import os
 import sys
 import uuid
 
-from shared.settings import CONFIG_ENV, SERVICES, SettingsError, load_settings
+from clawmesh.shared.settings import CONFIG_ENV, SERVICES, SettingsError, load_settings
 
 
 def _settings(args):
@@ -28,13 +28,13 @@ def _settings(args):
 
 
 def cmd_serve(args) -> int:
-    from services.runner import serve
+    from clawmesh.launcher.runner import serve
 
     return serve(args.service, _settings(args))
 
 
 def cmd_up(args) -> int:
-    from services.up import run_up
+    from clawmesh.launcher.up import run_up
 
     env = dict(os.environ)
     if args.config:
@@ -55,7 +55,7 @@ async def _send(args, settings, texts, stream_out) -> int:
     import grpc
 
     from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
-    from shared import metadata as md
+    from clawmesh.shared import metadata as md
 
     target = args.target or settings.ingest.target()
     metadata = ((md.TENANT, args.tenant),) if args.tenant else ()
@@ -111,8 +111,8 @@ def cmd_chat(args) -> int:
 
 
 def cmd_health(args) -> int:
-    from services.mesh import health_status
-    from services.runner import SERVICE_NAMES
+    from clawmesh.launcher.mesh import health_status
+    from clawmesh.launcher.runner import SERVICE_NAMES
 
     settings = _settings(args)
     names = args.services or list(SERVICES)
@@ -142,7 +142,7 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_load(argv: list[str]) -> int:
-    from loadtest.cli import main as load_main
+    from clawmesh.loadtest.cli import main as load_main
 
     return load_main(argv)
 

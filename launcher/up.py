@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from services.mesh import START_ORDER, MeshError, MeshProcesses, child_env
+from clawmesh.launcher.mesh import START_ORDER, MeshError, MeshProcesses, child_env
 
 
 async def run_up(env: dict[str, str]) -> int:

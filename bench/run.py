@@ -1,6 +1,6 @@
 """`make bench`: the mesh measured against the bare grpc.aio echo baseline, in one run.
 
-    python -m loadtest.bench [--seconds 5] [--concurrency 32] [--out bench]
+    python -m bench.run [--seconds 5] [--concurrency 32] [--out bench]
 
 Every figure comes from the same client (the `clawmesh load` engine, one process)
 against: the bare echo server (the physical limit of this machine), each service
@@ -27,10 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtest.config import load_config
-from loadtest.parallel import execute
-from services.mesh import START_ORDER, MeshProcesses, child_env
-from shared.settings import SERVICES
+from clawmesh.launcher.mesh import START_ORDER, MeshProcesses, child_env
+from clawmesh.loadtest.config import load_config
+from clawmesh.loadtest.parallel import execute
+from clawmesh.shared.settings import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "loadtest" / "configs"
@@ -122,7 +122,7 @@ def h2load(url: str, frame: bytes, seconds: float, concurrency: int) -> dict | N
 
 def spawn_echo(port: int, env: dict) -> subprocess.Popen:
     """The baseline server in a process of its own, like each mesh service."""
-    return subprocess.Popen([sys.executable, "-m", "loadtest.echo_server", "--port", str(port)],
+    return subprocess.Popen([sys.executable, "-m", "clawmesh.loadtest.echo_server", "--port", str(port)],
                             env=env, stderr=subprocess.DEVNULL)
 
 
@@ -146,7 +146,7 @@ async def main_async(args) -> dict:
     mesh = None
     try:
         echo_host = f"127.0.0.1:{echo_port}"
-        from services.mesh import health_status
+        from clawmesh.launcher.mesh import health_status
 
         for _ in range(200):
             if await health_status(echo_host, timeout_s=0.5) == "SERVING":
@@ -242,7 +242,7 @@ def render_markdown(r: dict) -> str:
     lines = [
         "# ClawMesh benchmark results",
         "",
-        f"Produced by `make bench` (`python -m loadtest.bench`): {r['machine']['cpus']} CPUs, "
+        f"Produced by `make bench` (`python -m bench.run`): {r['machine']['cpus']} CPUs, "
         f"Python {r['machine']['python']}, {r['settings']['seconds']:g} s per run, "
         f"{r['settings']['concurrency']} concurrent callers unless stated, one client process "
         "(the `clawmesh load` engine) for every row, mock backend with zero latency.",
@@ -276,7 +276,7 @@ def render_markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each run")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers")
     parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md goes")

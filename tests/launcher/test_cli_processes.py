@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from services.mesh import MeshProcesses, health_status
+from clawmesh.launcher.mesh import MeshProcesses, health_status
 from tests.system.test_mesh_processes import mesh_env
 
 pytestmark = pytest.mark.system
@@ -33,7 +33,7 @@ async def _read_until(stream, marker: str, timeout_s: float) -> str:
 async def test_up_prints_endpoints_and_stops_cleanly_on_ctrl_c(tmp_path):
     env = mesh_env(tmp_path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "up", env=env,
+        sys.executable, "-m", "clawmesh.launcher.cli", "up", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
@@ -56,7 +56,7 @@ async def test_chat_holds_a_conversation(tmp_path):
     await mesh.start()
     try:
         chat = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "services.cli", "chat", "--session", "c1"],
+            subprocess.run, [sys.executable, "-m", "clawmesh.launcher.cli", "chat", "--session", "c1"],
             input="hello\n\nhow are you\n/quit\n", env=mesh.env, capture_output=True, text=True,
             timeout=60,
         )
@@ -70,7 +70,7 @@ async def test_chat_holds_a_conversation(tmp_path):
 async def test_services_stop_when_up_is_killed(tmp_path):
     env = mesh_env(tmp_path)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "up", env=env,
+        sys.executable, "-m", "clawmesh.launcher.cli", "up", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )
     await _read_until(proc.stdout, "Ctrl-C stops the mesh", 60)

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from shared import context as callctx
-from shared import metadata as md
-from shared.errors import CODES, ClawMeshError, status_of
+from clawmesh.shared import context as callctx
+from clawmesh.shared import metadata as md
+from clawmesh.shared.errors import CODES, ClawMeshError, status_of
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import os
 import signal
 import subprocess
 import sys
@@ -20,8 +19,8 @@ from collections.abc import Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.runner import SERVICE_NAMES
-from shared.settings import SERVICES, MeshSettings, load_settings
+from clawmesh.launcher.runner import SERVICE_NAMES
+from clawmesh.shared.settings import SERVICES, MeshSettings, load_settings
 
 # Leaves first, so the first requests find their dependencies up.
 START_ORDER = ("metrics", "memory", "provider", "routing", "ingest")
@@ -62,7 +61,7 @@ class MeshProcesses:
         if name not in SERVICES:
             raise MeshError(f"unknown service {name!r}")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "serve", name],
+            [sys.executable, "-m", "clawmesh.launcher.cli", "serve", name],
             env=self.env, stdin=subprocess.DEVNULL, stderr=self.stderr,
             preexec_fn=_die_with_parent,
         )
@@ -146,6 +145,4 @@ def child_env(base: Mapping[str, str], overrides: Mapping[str, str] | None = Non
     env = dict(base)
     env.update(overrides or {})
     env.setdefault("PYTHONUNBUFFERED", "1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -11,9 +11,9 @@ import asyncio
 import importlib
 import logging
 
-from shared.logs import configure_logging
-from shared.server import MeshServer
-from shared.settings import SERVICES, MeshSettings
+from clawmesh.shared.logs import configure_logging
+from clawmesh.shared.rpc.server import MeshServer
+from clawmesh.shared.settings import SERVICES, MeshSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ async def build_service(name: str, settings: MeshSettings, meter=None) -> MeshSe
     """Build (not start) service ``name``. ``meter`` receives its RPC metrics."""
     if name not in SERVICES:
         raise ValueError(f"unknown service {name!r}; expected one of {', '.join(SERVICES)}")
-    module = importlib.import_module(f"services.{name}.main")
+    module = importlib.import_module(f"clawmesh.services.{name}.main")
     return await module.build(settings, meter)
 
 
@@ -38,7 +38,7 @@ async def _serve(name: str, settings: MeshSettings) -> None:
     provider = None
     meter = None
     if settings.telemetry.enabled and name != "metrics":
-        from shared.telemetry import otlp_meter_provider
+        from clawmesh.shared.telemetry import otlp_meter_provider
 
         provider = otlp_meter_provider(
             name,
