@@ -98,6 +98,13 @@ class MeshSettings(_Strict):
     log_format: Literal["json", "text"] = "json"
     call_timeout_s: float = Field(30.0, gt=0, description="outbound call cap")
     deadline_reserve_ms: float = Field(5.0, ge=0, description="kept back per hop")
+    internal_transport: Literal["stream", "unary"] = Field(
+        "stream", description="mesh hops: calls multiplexed on Exchange streams, or one RPC each"
+    )
+    streams_per_target: int = Field(4, ge=1, description="Exchange streams kept open per target")
+    stream_max_age_s: float = Field(
+        60.0, gt=0, description="a stream takes no new calls after this (re-balancing)"
+    )
     use_uvloop: bool = True
     telemetry: TelemetrySettings = TelemetrySettings()
     ingest: IngestSettings = IngestSettings()

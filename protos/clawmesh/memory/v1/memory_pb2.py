@@ -23,42 +23,47 @@ _sym_db = _symbol_database.Default()
 
 
 from clawmesh.common.v1 import common_pb2 as clawmesh_dot_common_dot_v1_dot_common__pb2
+from clawmesh.common.v1 import exchange_pb2 as clawmesh_dot_common_dot_v1_dot_exchange__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63lawmesh/memory/v1/memory.proto\x12\x12\x63lawmesh.memory.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\rAppendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x07message\x18\x02 \x01(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"5\n\x0e\x41ppendResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"t\n\x12\x42\x61tchAppendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\x08messages\x18\x02 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\";\n\x13\x42\x61tchAppendResponse\x12\x11\n\tsequences\x18\x01 \x03(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"L\n\x11GetHistoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x14\n\x0ctoken_budget\x18\x03 \x01(\r\"r\n\x12GetHistoryResponse\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x16\n\x0etotal_messages\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"1\n\x15\x44\x65leteSessionResponse\x12\x18\n\x10\x64\x65leted_messages\x18\x01 \x01(\r\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xb1\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\r\x12\x13\n\x0btoken_count\x18\x03 \x01(\x04\x12\x30\n\x0c\x63reated_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cupdated_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x14ListSessionsResponse\x12\x31\n\x08sessions\x18\x01 \x03(\x0b\x32\x1f.clawmesh.memory.v1.SessionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0e\n\x0cStatsRequest\"Z\n\rStatsResponse\x12\x10\n\x08sessions\x18\x01 \x01(\x04\x12\x10\n\x08messages\x18\x02 \x01(\x04\x12\x15\n\rcontent_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\x32\xb4\x04\n\rMemoryService\x12O\n\x06\x41ppend\x12!.clawmesh.memory.v1.AppendRequest\x1a\".clawmesh.memory.v1.AppendResponse\x12^\n\x0b\x42\x61tchAppend\x12&.clawmesh.memory.v1.BatchAppendRequest\x1a\'.clawmesh.memory.v1.BatchAppendResponse\x12[\n\nGetHistory\x12%.clawmesh.memory.v1.GetHistoryRequest\x1a&.clawmesh.memory.v1.GetHistoryResponse\x12\x64\n\rDeleteSession\x12(.clawmesh.memory.v1.DeleteSessionRequest\x1a).clawmesh.memory.v1.DeleteSessionResponse\x12\x61\n\x0cListSessions\x12\'.clawmesh.memory.v1.ListSessionsRequest\x1a(.clawmesh.memory.v1.ListSessionsResponse\x12L\n\x05Stats\x12 .clawmesh.memory.v1.StatsRequest\x1a!.clawmesh.memory.v1.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63lawmesh/memory/v1/memory.proto\x12\x12\x63lawmesh.memory.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\rAppendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x07message\x18\x02 \x01(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"5\n\x0e\x41ppendResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"t\n\x12\x42\x61tchAppendRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x31\n\x08messages\x18\x02 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"R\n\x13\x42\x61tchAppendResponse\x12\x11\n\tsequences\x18\x01 \x03(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x15\n\rsession_epoch\x18\x03 \x01(\x04\"d\n\x11GetHistoryRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x14\n\x0ctoken_budget\x18\x03 \x01(\r\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\"\xa0\x01\n\x12GetHistoryResponse\x12\x31\n\x08messages\x18\x01 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x16\n\x0etotal_messages\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x12\x15\n\rlast_sequence\x18\x04 \x01(\x04\x12\x15\n\rsession_epoch\x18\x05 \x01(\x04\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"1\n\x15\x44\x65leteSessionResponse\x12\x18\n\x10\x64\x65leted_messages\x18\x01 \x01(\r\"<\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xb1\x01\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rmessage_count\x18\x02 \x01(\r\x12\x13\n\x0btoken_count\x18\x03 \x01(\x04\x12\x30\n\x0c\x63reated_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cupdated_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x14ListSessionsResponse\x12\x31\n\x08sessions\x18\x01 \x03(\x0b\x32\x1f.clawmesh.memory.v1.SessionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0e\n\x0cStatsRequest\"Z\n\rStatsResponse\x12\x10\n\x08sessions\x18\x01 \x01(\x04\x12\x10\n\x08messages\x18\x02 \x01(\x04\x12\x15\n\rcontent_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame2\x8f\x05\n\rMemoryService\x12O\n\x06\x41ppend\x12!.clawmesh.memory.v1.AppendRequest\x1a\".clawmesh.memory.v1.AppendResponse\x12^\n\x0b\x42\x61tchAppend\x12&.clawmesh.memory.v1.BatchAppendRequest\x1a\'.clawmesh.memory.v1.BatchAppendResponse\x12[\n\nGetHistory\x12%.clawmesh.memory.v1.GetHistoryRequest\x1a&.clawmesh.memory.v1.GetHistoryResponse\x12\x64\n\rDeleteSession\x12(.clawmesh.memory.v1.DeleteSessionRequest\x1a).clawmesh.memory.v1.DeleteSessionResponse\x12\x61\n\x0cListSessions\x12\'.clawmesh.memory.v1.ListSessionsRequest\x1a(.clawmesh.memory.v1.ListSessionsResponse\x12L\n\x05Stats\x12 .clawmesh.memory.v1.StatsRequest\x1a!.clawmesh.memory.v1.StatsResponse\x12Y\n\x08\x45xchange\x12#.clawmesh.memory.v1.ExchangeRequest\x1a$.clawmesh.memory.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clawmesh.memory.v1.memory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPENDREQUEST']._serialized_start=121
-  _globals['_APPENDREQUEST']._serialized_end=231
-  _globals['_APPENDRESPONSE']._serialized_start=233
-  _globals['_APPENDRESPONSE']._serialized_end=286
-  _globals['_BATCHAPPENDREQUEST']._serialized_start=288
-  _globals['_BATCHAPPENDREQUEST']._serialized_end=404
-  _globals['_BATCHAPPENDRESPONSE']._serialized_start=406
-  _globals['_BATCHAPPENDRESPONSE']._serialized_end=465
-  _globals['_GETHISTORYREQUEST']._serialized_start=467
-  _globals['_GETHISTORYREQUEST']._serialized_end=543
-  _globals['_GETHISTORYRESPONSE']._serialized_start=545
-  _globals['_GETHISTORYRESPONSE']._serialized_end=659
-  _globals['_DELETESESSIONREQUEST']._serialized_start=661
-  _globals['_DELETESESSIONREQUEST']._serialized_end=703
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=705
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=754
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=756
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=816
-  _globals['_SESSIONINFO']._serialized_start=819
-  _globals['_SESSIONINFO']._serialized_end=996
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=998
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1096
-  _globals['_STATSREQUEST']._serialized_start=1098
-  _globals['_STATSREQUEST']._serialized_end=1112
-  _globals['_STATSRESPONSE']._serialized_start=1114
-  _globals['_STATSRESPONSE']._serialized_end=1204
-  _globals['_MEMORYSERVICE']._serialized_start=1207
-  _globals['_MEMORYSERVICE']._serialized_end=1771
+  _globals['_APPENDREQUEST']._serialized_start=156
+  _globals['_APPENDREQUEST']._serialized_end=266
+  _globals['_APPENDRESPONSE']._serialized_start=268
+  _globals['_APPENDRESPONSE']._serialized_end=321
+  _globals['_BATCHAPPENDREQUEST']._serialized_start=323
+  _globals['_BATCHAPPENDREQUEST']._serialized_end=439
+  _globals['_BATCHAPPENDRESPONSE']._serialized_start=441
+  _globals['_BATCHAPPENDRESPONSE']._serialized_end=523
+  _globals['_GETHISTORYREQUEST']._serialized_start=525
+  _globals['_GETHISTORYREQUEST']._serialized_end=625
+  _globals['_GETHISTORYRESPONSE']._serialized_start=628
+  _globals['_GETHISTORYRESPONSE']._serialized_end=788
+  _globals['_DELETESESSIONREQUEST']._serialized_start=790
+  _globals['_DELETESESSIONREQUEST']._serialized_end=832
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=834
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=883
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=885
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=945
+  _globals['_SESSIONINFO']._serialized_start=948
+  _globals['_SESSIONINFO']._serialized_end=1125
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1127
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1225
+  _globals['_STATSREQUEST']._serialized_start=1227
+  _globals['_STATSREQUEST']._serialized_end=1241
+  _globals['_STATSRESPONSE']._serialized_start=1243
+  _globals['_STATSRESPONSE']._serialized_end=1333
+  _globals['_EXCHANGEREQUEST']._serialized_start=1335
+  _globals['_EXCHANGEREQUEST']._serialized_end=1395
+  _globals['_EXCHANGERESPONSE']._serialized_start=1397
+  _globals['_EXCHANGERESPONSE']._serialized_end=1458
+  _globals['_MEMORYSERVICE']._serialized_start=1461
+  _globals['_MEMORYSERVICE']._serialized_end=2116
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 import datetime
 
 from clawmesh.common.v1 import common_pb2 as _common_pb2
+from clawmesh.common.v1 import exchange_pb2 as _exchange_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -39,32 +40,40 @@ class BatchAppendRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class BatchAppendResponse(_message.Message):
-    __slots__ = ("sequences", "duplicate")
+    __slots__ = ("sequences", "duplicate", "session_epoch")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EPOCH_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedScalarFieldContainer[int]
     duplicate: bool
-    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
+    session_epoch: int
+    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., duplicate: _Optional[bool] = ..., session_epoch: _Optional[int] = ...) -> None: ...
 
 class GetHistoryRequest(_message.Message):
-    __slots__ = ("session_id", "limit", "token_budget")
+    __slots__ = ("session_id", "limit", "token_budget", "after_sequence")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     limit: int
     token_budget: int
-    def __init__(self, session_id: _Optional[str] = ..., limit: _Optional[int] = ..., token_budget: _Optional[int] = ...) -> None: ...
+    after_sequence: int
+    def __init__(self, session_id: _Optional[str] = ..., limit: _Optional[int] = ..., token_budget: _Optional[int] = ..., after_sequence: _Optional[int] = ...) -> None: ...
 
 class GetHistoryResponse(_message.Message):
-    __slots__ = ("messages", "total_messages", "truncated")
+    __slots__ = ("messages", "total_messages", "truncated", "last_sequence", "session_epoch")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EPOCH_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     total_messages: int
     truncated: bool
-    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., total_messages: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    last_sequence: int
+    session_epoch: int
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., total_messages: _Optional[int] = ..., truncated: _Optional[bool] = ..., last_sequence: _Optional[int] = ..., session_epoch: _Optional[int] = ...) -> None: ...
 
 class DeleteSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -123,3 +132,15 @@ class StatsResponse(_message.Message):
     content_bytes: int
     tokens: int
     def __init__(self, sessions: _Optional[int] = ..., messages: _Optional[int] = ..., content_bytes: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.Frame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[_exchange_pb2.Frame, _Mapping]]] = ...) -> None: ...
+
+class ExchangeResponse(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.Frame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[_exchange_pb2.Frame, _Mapping]]] = ...) -> None: ...

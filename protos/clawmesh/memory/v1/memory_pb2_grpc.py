@@ -66,6 +66,11 @@ class MemoryServiceStub:
                 request_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsRequest.SerializeToString,
                 response_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/clawmesh.memory.v1.MemoryService/Exchange',
+                request_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -112,6 +117,14 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """Many logical calls of the methods above on one long-lived stream, for
+        the mesh's own hops (see clawmesh.common.v1.Frame).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +157,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsRequest.FromString,
                     response_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeRequest.FromString,
+                    response_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +328,33 @@ class MemoryService:
             '/clawmesh.memory.v1.MemoryService/Stats',
             clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsRequest.SerializeToString,
             clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/clawmesh.memory.v1.MemoryService/Exchange',
+            clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeRequest.SerializeToString,
+            clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

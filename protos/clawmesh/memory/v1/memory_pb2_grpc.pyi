@@ -46,6 +46,10 @@ class MemoryServiceStub:
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteSessionRequest, _memory_pb2.DeleteSessionResponse]
     ListSessions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListSessionsRequest, _memory_pb2.ListSessionsResponse]
     Stats: _grpc.UnaryUnaryMultiCallable[_memory_pb2.StatsRequest, _memory_pb2.StatsResponse]
+    Exchange: _grpc.StreamStreamMultiCallable[_memory_pb2.ExchangeRequest, _memory_pb2.ExchangeResponse]
+    """Many logical calls of the methods above on one long-lived stream, for
+    the mesh's own hops (see clawmesh.common.v1.Frame).
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -63,6 +67,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     DeleteSession: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteSessionRequest, _memory_pb2.DeleteSessionResponse]  # type: ignore[assignment]
     ListSessions: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListSessionsRequest, _memory_pb2.ListSessionsResponse]  # type: ignore[assignment]
     Stats: _aio.UnaryUnaryMultiCallable[_memory_pb2.StatsRequest, _memory_pb2.StatsResponse]  # type: ignore[assignment]
+    Exchange: _aio.StreamStreamMultiCallable[_memory_pb2.ExchangeRequest, _memory_pb2.ExchangeResponse]  # type: ignore[assignment]
+    """Many logical calls of the methods above on one long-lived stream, for
+    the mesh's own hops (see clawmesh.common.v1.Frame).
+    """
 
 class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     """MemoryService stores conversation history durably: an Append that returned
@@ -113,5 +121,15 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _memory_pb2.StatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.StatsResponse, _abc.Awaitable[_memory_pb2.StatsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Exchange(
+        self,
+        request_iterator: _MaybeAsyncIterator[_memory_pb2.ExchangeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_memory_pb2.ExchangeResponse], _abc.AsyncIterator[_memory_pb2.ExchangeResponse]]:
+        """Many logical calls of the methods above on one long-lived stream, for
+        the mesh's own hops (see clawmesh.common.v1.Frame).
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -50,6 +50,11 @@ class ProviderServiceStub:
                 request_serializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ListBackendsRequest.SerializeToString,
                 response_deserializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ListBackendsResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/clawmesh.provider.v1.ProviderService/Exchange',
+                request_serializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
 
 
 class ProviderServiceServicer:
@@ -75,6 +80,14 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """Many logical calls of the methods above on one long-lived stream, for
+        the mesh's own hops (see clawmesh.common.v1.Frame).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.ListBackends,
                     request_deserializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ListBackendsRequest.FromString,
                     response_serializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ListBackendsResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ExchangeRequest.FromString,
+                    response_serializer=clawmesh_dot_provider_dot_v1_dot_provider__pb2.ExchangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class ProviderService:
             '/clawmesh.provider.v1.ProviderService/ListBackends',
             clawmesh_dot_provider_dot_v1_dot_provider__pb2.ListBackendsRequest.SerializeToString,
             clawmesh_dot_provider_dot_v1_dot_provider__pb2.ListBackendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/clawmesh.provider.v1.ProviderService/Exchange',
+            clawmesh_dot_provider_dot_v1_dot_provider__pb2.ExchangeRequest.SerializeToString,
+            clawmesh_dot_provider_dot_v1_dot_provider__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

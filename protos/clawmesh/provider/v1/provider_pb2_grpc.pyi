@@ -37,6 +37,10 @@ class ProviderServiceStub:
     GenerateStream: _grpc.UnaryStreamMultiCallable[_provider_pb2.GenerateStreamRequest, _provider_pb2.GenerateStreamResponse]
     ListBackends: _grpc.UnaryUnaryMultiCallable[_provider_pb2.ListBackendsRequest, _provider_pb2.ListBackendsResponse]
     """Every configured backend with its health and circuit-breaker state."""
+    Exchange: _grpc.StreamStreamMultiCallable[_provider_pb2.ExchangeRequest, _provider_pb2.ExchangeResponse]
+    """Many logical calls of the methods above on one long-lived stream, for
+    the mesh's own hops (see clawmesh.common.v1.Frame).
+    """
 
 @_typing.type_check_only
 class ProviderServiceAsyncStub(ProviderServiceStub):
@@ -47,6 +51,10 @@ class ProviderServiceAsyncStub(ProviderServiceStub):
     GenerateStream: _aio.UnaryStreamMultiCallable[_provider_pb2.GenerateStreamRequest, _provider_pb2.GenerateStreamResponse]  # type: ignore[assignment]
     ListBackends: _aio.UnaryUnaryMultiCallable[_provider_pb2.ListBackendsRequest, _provider_pb2.ListBackendsResponse]  # type: ignore[assignment]
     """Every configured backend with its health and circuit-breaker state."""
+    Exchange: _aio.StreamStreamMultiCallable[_provider_pb2.ExchangeRequest, _provider_pb2.ExchangeResponse]  # type: ignore[assignment]
+    """Many logical calls of the methods above on one long-lived stream, for
+    the mesh's own hops (see clawmesh.common.v1.Frame).
+    """
 
 class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
     """ProviderService generates chat completions on a named backend."""
@@ -72,5 +80,15 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_provider_pb2.ListBackendsResponse, _abc.Awaitable[_provider_pb2.ListBackendsResponse]]:
         """Every configured backend with its health and circuit-breaker state."""
+
+    @_abc_1.abstractmethod
+    def Exchange(
+        self,
+        request_iterator: _MaybeAsyncIterator[_provider_pb2.ExchangeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_provider_pb2.ExchangeResponse], _abc.AsyncIterator[_provider_pb2.ExchangeResponse]]:
+        """Many logical calls of the methods above on one long-lived stream, for
+        the mesh's own hops (see clawmesh.common.v1.Frame).
+        """
 
 def add_ProviderServiceServicer_to_server(servicer: ProviderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

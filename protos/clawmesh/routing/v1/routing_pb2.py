@@ -23,29 +23,34 @@ _sym_db = _symbol_database.Default()
 
 
 from clawmesh.common.v1 import common_pb2 as clawmesh_dot_common_dot_v1_dot_common__pb2
+from clawmesh.common.v1 import exchange_pb2 as clawmesh_dot_common_dot_v1_dot_exchange__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/routing/v1/routing.proto\x12\x13\x63lawmesh.routing.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\"\x85\x01\n\rRouteDecision\x12\x12\n\nroute_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11\x66\x61llback_backends\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rhistory_limit\x18\x06 \x01(\r\"F\n\x0f\x44ispatchRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"o\n\x10\x44ispatchResponse\x12(\n\x05reply\x18\x01 \x01(\x0b\x32\x19.clawmesh.common.v1.Reply\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"L\n\x15\x44ispatchStreamRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"z\n\x16\x44ispatchStreamResponse\x12-\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1e.clawmesh.common.v1.ReplyChunk\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"E\n\x0e\x45xplainRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"D\n\x0f\x45xplainResponse\x12\x31\n\x05route\x18\x01 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision2\xac\x02\n\x0eRoutingService\x12W\n\x08\x44ispatch\x12$.clawmesh.routing.v1.DispatchRequest\x1a%.clawmesh.routing.v1.DispatchResponse\x12k\n\x0e\x44ispatchStream\x12*.clawmesh.routing.v1.DispatchStreamRequest\x1a+.clawmesh.routing.v1.DispatchStreamResponse0\x01\x12T\n\x07\x45xplain\x12#.clawmesh.routing.v1.ExplainRequest\x1a$.clawmesh.routing.v1.ExplainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/routing/v1/routing.proto\x12\x13\x63lawmesh.routing.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\"\x85\x01\n\rRouteDecision\x12\x12\n\nroute_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11\x66\x61llback_backends\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rhistory_limit\x18\x06 \x01(\r\"F\n\x0f\x44ispatchRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"o\n\x10\x44ispatchResponse\x12(\n\x05reply\x18\x01 \x01(\x0b\x32\x19.clawmesh.common.v1.Reply\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"L\n\x15\x44ispatchStreamRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"z\n\x16\x44ispatchStreamResponse\x12-\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1e.clawmesh.common.v1.ReplyChunk\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"E\n\x0e\x45xplainRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"D\n\x0f\x45xplainResponse\x12\x31\n\x05route\x18\x01 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame2\x89\x03\n\x0eRoutingService\x12W\n\x08\x44ispatch\x12$.clawmesh.routing.v1.DispatchRequest\x1a%.clawmesh.routing.v1.DispatchResponse\x12k\n\x0e\x44ispatchStream\x12*.clawmesh.routing.v1.DispatchStreamRequest\x1a+.clawmesh.routing.v1.DispatchStreamResponse0\x01\x12T\n\x07\x45xplain\x12#.clawmesh.routing.v1.ExplainRequest\x1a$.clawmesh.routing.v1.ExplainResponse\x12[\n\x08\x45xchange\x12$.clawmesh.routing.v1.ExchangeRequest\x1a%.clawmesh.routing.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clawmesh.routing.v1.routing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTEDECISION']._serialized_start=92
-  _globals['_ROUTEDECISION']._serialized_end=225
-  _globals['_DISPATCHREQUEST']._serialized_start=227
-  _globals['_DISPATCHREQUEST']._serialized_end=297
-  _globals['_DISPATCHRESPONSE']._serialized_start=299
-  _globals['_DISPATCHRESPONSE']._serialized_end=410
-  _globals['_DISPATCHSTREAMREQUEST']._serialized_start=412
-  _globals['_DISPATCHSTREAMREQUEST']._serialized_end=488
-  _globals['_DISPATCHSTREAMRESPONSE']._serialized_start=490
-  _globals['_DISPATCHSTREAMRESPONSE']._serialized_end=612
-  _globals['_EXPLAINREQUEST']._serialized_start=614
-  _globals['_EXPLAINREQUEST']._serialized_end=683
-  _globals['_EXPLAINRESPONSE']._serialized_start=685
-  _globals['_EXPLAINRESPONSE']._serialized_end=753
-  _globals['_ROUTINGSERVICE']._serialized_start=756
-  _globals['_ROUTINGSERVICE']._serialized_end=1056
+  _globals['_ROUTEDECISION']._serialized_start=127
+  _globals['_ROUTEDECISION']._serialized_end=260
+  _globals['_DISPATCHREQUEST']._serialized_start=262
+  _globals['_DISPATCHREQUEST']._serialized_end=332
+  _globals['_DISPATCHRESPONSE']._serialized_start=334
+  _globals['_DISPATCHRESPONSE']._serialized_end=445
+  _globals['_DISPATCHSTREAMREQUEST']._serialized_start=447
+  _globals['_DISPATCHSTREAMREQUEST']._serialized_end=523
+  _globals['_DISPATCHSTREAMRESPONSE']._serialized_start=525
+  _globals['_DISPATCHSTREAMRESPONSE']._serialized_end=647
+  _globals['_EXPLAINREQUEST']._serialized_start=649
+  _globals['_EXPLAINREQUEST']._serialized_end=718
+  _globals['_EXPLAINRESPONSE']._serialized_start=720
+  _globals['_EXPLAINRESPONSE']._serialized_end=788
+  _globals['_EXCHANGEREQUEST']._serialized_start=790
+  _globals['_EXCHANGEREQUEST']._serialized_end=850
+  _globals['_EXCHANGERESPONSE']._serialized_start=852
+  _globals['_EXCHANGERESPONSE']._serialized_end=913
+  _globals['_ROUTINGSERVICE']._serialized_start=916
+  _globals['_ROUTINGSERVICE']._serialized_end=1309
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from clawmesh.common.v1 import common_pb2 as _common_pb2
+from clawmesh.common.v1 import exchange_pb2 as _exchange_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -62,3 +63,15 @@ class ExplainResponse(_message.Message):
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     route: RouteDecision
     def __init__(self, route: _Optional[_Union[RouteDecision, _Mapping]] = ...) -> None: ...
+
+class ExchangeRequest(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.Frame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[_exchange_pb2.Frame, _Mapping]]] = ...) -> None: ...
+
+class ExchangeResponse(_message.Message):
+    __slots__ = ("frames",)
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.Frame]
+    def __init__(self, frames: _Optional[_Iterable[_Union[_exchange_pb2.Frame, _Mapping]]] = ...) -> None: ...

@@ -50,6 +50,11 @@ class RoutingServiceStub:
                 request_serializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.Exchange = channel.stream_stream(
+                '/clawmesh.routing.v1.RoutingService/Exchange',
+                request_serializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExchangeResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -77,6 +82,14 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request_iterator, context):
+        """Many logical calls of the methods above on one long-lived stream, for
+        the mesh's own hops (see clawmesh.common.v1.Frame).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExplainRequest.FromString,
                     response_serializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExplainResponse.SerializeToString,
+            ),
+            'Exchange': grpc.stream_stream_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExchangeRequest.FromString,
+                    response_serializer=clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExchangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class RoutingService:
             '/clawmesh.routing.v1.RoutingService/Explain',
             clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExplainRequest.SerializeToString,
             clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/clawmesh.routing.v1.RoutingService/Exchange',
+            clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExchangeRequest.SerializeToString,
+            clawmesh_dot_routing_dot_v1_dot_routing__pb2.ExchangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

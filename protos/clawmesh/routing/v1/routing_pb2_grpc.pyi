@@ -39,6 +39,10 @@ class RoutingServiceStub:
     """Answer one message, streaming the reply."""
     Explain: _grpc.UnaryUnaryMultiCallable[_routing_pb2.ExplainRequest, _routing_pb2.ExplainResponse]
     """Which route a message would take; calls nothing and stores nothing."""
+    Exchange: _grpc.StreamStreamMultiCallable[_routing_pb2.ExchangeRequest, _routing_pb2.ExchangeResponse]
+    """Many logical calls of the methods above on one long-lived stream, for
+    the mesh's own hops (see clawmesh.common.v1.Frame).
+    """
 
 @_typing.type_check_only
 class RoutingServiceAsyncStub(RoutingServiceStub):
@@ -51,6 +55,10 @@ class RoutingServiceAsyncStub(RoutingServiceStub):
     """Answer one message, streaming the reply."""
     Explain: _aio.UnaryUnaryMultiCallable[_routing_pb2.ExplainRequest, _routing_pb2.ExplainResponse]  # type: ignore[assignment]
     """Which route a message would take; calls nothing and stores nothing."""
+    Exchange: _aio.StreamStreamMultiCallable[_routing_pb2.ExchangeRequest, _routing_pb2.ExchangeResponse]  # type: ignore[assignment]
+    """Many logical calls of the methods above on one long-lived stream, for
+    the mesh's own hops (see clawmesh.common.v1.Frame).
+    """
 
 class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
     """RoutingService orchestrates the answer to one admitted message."""
@@ -78,5 +86,15 @@ class RoutingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_routing_pb2.ExplainResponse, _abc.Awaitable[_routing_pb2.ExplainResponse]]:
         """Which route a message would take; calls nothing and stores nothing."""
+
+    @_abc_1.abstractmethod
+    def Exchange(
+        self,
+        request_iterator: _MaybeAsyncIterator[_routing_pb2.ExchangeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_routing_pb2.ExchangeResponse], _abc.AsyncIterator[_routing_pb2.ExchangeResponse]]:
+        """Many logical calls of the methods above on one long-lived stream, for
+        the mesh's own hops (see clawmesh.common.v1.Frame).
+        """
 
 def add_RoutingServiceServicer_to_server(servicer: RoutingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
