@@ -20,7 +20,8 @@ import os
 import sys
 import uuid
 
-from clawmesh.shared.settings import CONFIG_ENV, SERVICES, SettingsError, load_settings
+from clawmesh.services.registry import NAMES as SERVICES
+from clawmesh.shared.settings import CONFIG_ENV, SettingsError, load_settings
 
 
 def _settings(args):
@@ -112,7 +113,7 @@ def cmd_chat(args) -> int:
 
 def cmd_health(args) -> int:
     from clawmesh.launcher.mesh import health_status
-    from clawmesh.launcher.runner import SERVICE_NAMES
+    from clawmesh.services.registry import by_name
 
     settings = _settings(args)
     names = args.services or list(SERVICES)
@@ -123,7 +124,7 @@ def cmd_health(args) -> int:
 
     async def check():
         return names, await asyncio.gather(
-            *(health_status(settings.server(n).target(), SERVICE_NAMES[n], args.timeout)
+            *(health_status(settings.server(n).target(), by_name(n).grpc_name, args.timeout)
               for n in names)
         )
 

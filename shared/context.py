@@ -1,30 +1,52 @@
 """What one inbound call carries onto every outbound call it makes.
 
-The server's context interceptor fills a ``CallInfo`` per RPC (remaining
-deadline and the propagated metadata); ``call_options()`` turns it into the
-``timeout=`` and ``metadata=`` of an outbound call, so deadlines shrink hop by
-hop and tenant / request id / trace context travel with the message::
+The server's context interceptor sets a ``CallInfo`` for each logical call
+(an RPC, or a call on an Exchange stream): its deadline and its metadata. The
+client chain's propagation interceptor (``shared.rpc.interceptors.propagation``)
+reads it, so deadlines shrink hop by hop and tenant / request id / trace context
+travel with the message without call sites passing anything::
 
-    reply = await stub.Generate(request, **call_options(settings))
+    info = current()
+    info.tenant, info.request_id, info.remaining()
 """
 
 from __future__ import annotations
 
 import contextvars
 import time
-from dataclasses import dataclass, field
 
 from clawmesh.shared import metadata as md
-from clawmesh.shared.errors import DeadlineExceeded
 
 
-@dataclass
 class CallInfo:
-    """The inbound call being served."""
+    """The inbound call being served.
 
-    method: str
-    deadline: float | None  # time.monotonic() value, None when the caller set none
-    headers: dict[str, str] = field(default_factory=dict)
+    ``metadata`` is the call's metadata as received (pairs, or a mapping);
+    the dict view and the propagated subset are built once, on first use.
+    """
+
+    __slots__ = ("method", "deadline", "_metadata", "_headers", "_propagated")
+
+    def __init__(self, method: str, deadline: float | None, metadata=()) -> None:
+        self.method = method
+        self.deadline = deadline  # time.monotonic() value; None when the caller set none
+        self._metadata = metadata
+        self._headers: dict[str, str] | None = metadata if isinstance(metadata, dict) else None
+        self._propagated: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._headers is None:
+            self._headers = md.to_dict(self._metadata)
+        return self._headers
+
+    @property
+    def propagated(self) -> tuple[tuple[str, str], ...]:
+        """The metadata every outbound call of this call carries (md.PROPAGATED keys)."""
+        if self._propagated is None:
+            h = self.headers
+            self._propagated = tuple((k, h[k]) for k in md.PROPAGATED if h.get(k))
+        return self._propagated
 
     @property
     def tenant(self) -> str:
@@ -53,29 +75,3 @@ def set_current(info: CallInfo | None) -> contextvars.Token:
 
 def reset(token: contextvars.Token) -> None:
     _current.reset(token)
-
-
-def call_options(
-    default_timeout_s: float, reserve_ms: float = 5.0, headers: dict[str, str] | None = None
-) -> dict:
-    """``timeout`` and ``metadata`` for an outbound call made while serving a call.
-
-    The timeout is the inbound call's remaining time minus ``reserve_ms`` (kept
-    back so this hop can still answer), capped at ``default_timeout_s``.
-    ``headers`` add to (or replace) the propagated metadata. Raises
-    DeadlineExceeded when nothing is left.
-    """
-    info = _current.get()
-    timeout = default_timeout_s
-    out: dict[str, str] = {}
-    if info is not None:
-        remaining = info.remaining()
-        if remaining is not None:
-            budget = remaining - reserve_ms / 1000.0
-            if budget <= 0:
-                raise DeadlineExceeded(f"deadline spent before calling out of {info.method}")
-            timeout = min(timeout, budget)
-        out = {k: v for k, v in info.headers.items() if k in md.PROPAGATED}
-    if headers:
-        out.update({k: v for k, v in headers.items() if v})
-    return {"timeout": timeout, "metadata": tuple(out.items())}

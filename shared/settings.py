@@ -65,6 +65,10 @@ class RoutingSettings(ServerSettings):
     default_backend: str = "mock"
     default_model: str = ""
     history_limit: int = Field(20, ge=0, description="history messages sent to the model")
+    history_cache_sessions: int = Field(
+        10_000, ge=0, description="sessions whose history routing caches (0: no cache)"
+    )
+    history_cache_ttl_s: float = Field(600.0, gt=0, description="idle time before an entry goes")
 
 
 class ProviderSettings(ServerSettings):
@@ -76,9 +80,20 @@ class ProviderSettings(ServerSettings):
 
 
 class MemorySettings(ServerSettings):
+    """The memory service; its tenant fallback is ``ingest.default_tenant``."""
+
     port: int = 50054
     data_dir: Path = Path("data")
-    max_messages_per_session: int = Field(200, ge=1)
+    max_messages_per_session: int = Field(
+        200, ge=1, description="window: older messages of a session are dropped"
+    )
+    max_id_chars: int = Field(256, ge=1, description="session id and idempotency key length")
+    max_content_bytes: int = Field(
+        256 * 1024, ge=1, description="UTF-8 size of one message's content"
+    )
+    max_batch_messages: int = Field(100, ge=1, description="messages in one BatchAppend")
+    default_page_size: int = Field(100, ge=1, description="ListSessions page size when 0")
+    max_page_size: int = Field(1000, ge=1, description="largest ListSessions page size allowed")
 
 
 class MetricsSettings(ServerSettings):
@@ -114,9 +129,11 @@ class MeshSettings(_Strict):
     metrics: MetricsSettings = MetricsSettings()
 
     def server(self, service: str) -> ServerSettings:
-        if service not in SERVICES:
-            raise SettingsError(f"unknown service {service!r}; expected one of {SERVICES}")
-        return getattr(self, service)
+        """The server section of ``service`` (``ingest``, ``memory`` ...)."""
+        section = getattr(self, service, None) if service in type(self).model_fields else None
+        if not isinstance(section, ServerSettings):
+            raise SettingsError(f"unknown service {service!r}")
+        return section
 
 
 def env_name(path: tuple) -> str:

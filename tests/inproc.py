@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from clawmesh.launcher.runner import build_service
+from clawmesh.services.registry import START_ORDER, by_name
 from clawmesh.shared.settings import MeshSettings
-
-# Dependencies first, so each service is built knowing where the others listen.
-ORDER = ("metrics", "memory", "provider", "routing", "ingest")
 
 
 @asynccontextmanager
-async def inproc_mesh(settings: MeshSettings, meter=None, services=ORDER):
+async def inproc_mesh(settings: MeshSettings, stats=None, services=START_ORDER):
+    """Start ``services`` (dependencies first, so each knows where the others listen)."""
     servers = {}
     try:
         for name in services:
-            server = await build_service(name, settings, meter)
+            server = await by_name(name).build(settings, stats)
             await server.start()
             settings.server(name).address = server.address
             servers[name] = server

@@ -1,7 +1,7 @@
 """Ingest core: the edge. Validates, resolves the tenant, keys the message, forwards.
 
-    ingest = Ingest(routing_stub, settings)
-    reply = await ingest.submit(message, headers)
+    ingest = Ingest(routing_client, settings)
+    reply = await ingest.submit(message, request.HasField("message"), headers)
 
 Dedup, rate limiting and priority admission slot in between validation and
 forwarding in later work; the idempotency key they need is derived here.
@@ -14,25 +14,29 @@ import uuid
 from collections.abc import AsyncIterator
 
 from clawmesh.common.v1 import common_pb2
-from clawmesh.routing.v1 import routing_pb2
 from clawmesh.services.ingest.validation import validate_inbound
 from clawmesh.shared import metadata as md
-from clawmesh.shared.context import call_options
 from clawmesh.shared.errors import PermissionDenied
 from clawmesh.shared.settings import MeshSettings
 
 PRIORITY_NAMES = {v: k.removeprefix("PRIORITY_").lower() for k, v in common_pb2.Priority.items()}
 
 
-def idempotency_key(message: common_pb2.InboundMessage) -> str:
-    """Tenant + channel + channel message id; else sender + content hash."""
+def idempotency_key(message: common_pb2.InboundMessage, request_id: str) -> str:
+    """The key a message is stored (and later deduplicated) under.
+
+    Scoped to tenant + channel + session, from the platform's message id or
+    the caller's own key. A message with neither is unique (keyed by its
+    request id): content alone never makes two messages the same — a user may
+    say "yes" twice.
+    """
     if message.idempotency_key:
-        return message.idempotency_key
-    if message.channel_message_id:
-        basis = f"{message.tenant}\x1f{message.channel}\x1fid\x1f{message.channel_message_id}"
+        kind, value = "key", message.idempotency_key
+    elif message.channel_message_id:
+        kind, value = "id", message.channel_message_id
     else:
-        content = hashlib.sha256(message.content.encode("utf-8")).hexdigest()
-        basis = f"{message.tenant}\x1f{message.channel}\x1fsender\x1f{message.sender}\x1f{content}"
+        kind, value = "request", request_id
+    basis = "\x1f".join((message.tenant, message.channel, message.session_id, kind, value))
     return hashlib.sha256(basis.encode("utf-8")).hexdigest()[:32]
 
 
@@ -58,33 +62,32 @@ class Ingest:
         forward.tenant = tenant
         if forward.priority == common_pb2.PRIORITY_UNSPECIFIED:
             forward.priority = common_pb2.PRIORITY_NORMAL
-        forward.idempotency_key = idempotency_key(forward)
+        request_id = headers.get(md.REQUEST_ID) or uuid.uuid4().hex
+        forward.idempotency_key = idempotency_key(forward, request_id)
         out = {
             md.TENANT: tenant,
-            md.REQUEST_ID: headers.get(md.REQUEST_ID) or uuid.uuid4().hex,
+            md.REQUEST_ID: request_id,
             md.IDEMPOTENCY_KEY: forward.idempotency_key,
             md.PRIORITY: PRIORITY_NAMES[forward.priority],
         }
         return forward, out
 
-    def _opts(self, headers: dict[str, str]) -> dict:
-        return call_options(self.settings.call_timeout_s, self.settings.deadline_reserve_ms, headers)
+    async def dispatch(self, forward: common_pb2.InboundMessage,
+                       out: dict[str, str]) -> common_pb2.Reply:
+        """Have routing answer a message that ``admit`` returned."""
+        response = await self.routing.dispatch(forward, out)
+        return response.reply
 
     async def submit(self, message, present: bool, headers: dict[str, str]) -> common_pb2.Reply:
         forward, out = self.admit(message, present, headers)
-        response = await self.routing.Dispatch(
-            routing_pb2.DispatchRequest(message=forward), **self._opts(out)
-        )
-        return response.reply
+        return await self.dispatch(forward, out)
 
     async def stream(self, forward: common_pb2.InboundMessage,
                      out: dict[str, str]) -> AsyncIterator[common_pb2.ReplyChunk]:
         """Stream the reply to a message that ``admit`` returned."""
-        call = self.routing.DispatchStream(
-            routing_pb2.DispatchStreamRequest(message=forward), **self._opts(out)
-        )
+        stream = self.routing.dispatch_stream(forward, out)
         try:
-            async for response in call:
+            async for response in stream:
                 yield response.chunk
         finally:
-            call.cancel()
+            await stream.aclose()

@@ -1,4 +1,8 @@
-"""Thin IngestService servicer: decode, call the core, encode."""
+"""Thin IngestService servicer: decode, call the core, encode.
+
+Every admitted Submit and SubmitStream answers with ``x-clawmesh-request-id``
+in its initial metadata (the caller's own, or one made here).
+"""
 
 from __future__ import annotations
 
@@ -22,16 +26,22 @@ def _headers(context) -> dict[str, str]:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    """``clawmesh.ingest.v1.IngestService`` over the ``Ingest`` core."""
+
     def __init__(self, ingest: Ingest, converse_max_in_flight: int) -> None:
         self.ingest = ingest
         self.converse_max_in_flight = converse_max_in_flight
 
     async def Submit(self, request, context):
-        headers = _headers(context)
-        reply = await self.ingest.submit(request.message, request.HasField("message"), headers)
+        """One message in, its reply out. Bad input: INVALID_ARGUMENT naming the fields."""
+        forward, out = self.ingest.admit(request.message, request.HasField("message"),
+                                         _headers(context))
+        await context.send_initial_metadata(((md.REQUEST_ID, out[md.REQUEST_ID]),))
+        reply = await self.ingest.dispatch(forward, out)
         return ingest_pb2.SubmitResponse(reply=reply)
 
     async def SubmitStream(self, request, context):
+        """One message in, the reply in chunks; the last chunk is final and carries it all."""
         headers = _headers(context)
         forward, out = self.ingest.admit(request.message, request.HasField("message"), headers)
         # Tell the caller at once that the message was admitted, and under which id.

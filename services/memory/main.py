@@ -9,23 +9,25 @@ from __future__ import annotations
 from clawmesh.memory.v1 import memory_pb2_grpc
 from clawmesh.services.memory.servicer import MemoryServiceServicer
 from clawmesh.services.memory.store import MemoryStore
-from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import MeshServer, create_server
 from clawmesh.shared.settings import MeshSettings
 
 SERVICE_NAME = "clawmesh.memory.v1.MemoryService"
 
 
-async def build(settings: MeshSettings, meter=None) -> MeshServer:
+async def build(settings: MeshSettings, stats=None) -> MeshServer:
     """Open the store and build (not start) the server; stopping the server closes the store."""
     config = settings.memory
     store = await MemoryStore.open(config.data_dir, config.max_messages_per_session)
+    # The tenant is decided at the edge; called directly, memory falls back to ingest's default.
+    servicer = MemoryServiceServicer(store, config, settings.ingest.default_tenant)
     try:
         server = create_server(
             config,
-            [(memory_pb2_grpc.add_MemoryServiceServicer_to_server, MemoryServiceServicer(store))],
+            [(memory_pb2_grpc.add_MemoryServiceServicer_to_server, servicer)],
             [SERVICE_NAME],
-            server_interceptors(meter),
+            server_chain(stats),
         )
     except BaseException:
         await store.close()

@@ -6,12 +6,12 @@ from clawmesh.provider.v1 import provider_pb2_grpc
 from clawmesh.services.provider.backends import MockBackend
 from clawmesh.services.provider.core import Provider
 from clawmesh.services.provider.servicer import ProviderServicer
-from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import MeshServer, create_server
 from clawmesh.shared.settings import MeshSettings
 
 
-async def build(settings: MeshSettings, meter=None) -> MeshServer:
+async def build(settings: MeshSettings, stats=None) -> MeshServer:
     cfg = settings.provider
     mock = MockBackend(
         name="mock", model=cfg.mock_model, latency_s=cfg.mock_latency_ms / 1000.0,
@@ -22,5 +22,5 @@ async def build(settings: MeshSettings, meter=None) -> MeshServer:
         cfg,
         [(provider_pb2_grpc.add_ProviderServiceServicer_to_server, ProviderServicer(provider))],
         ["clawmesh.provider.v1.ProviderService"],
-        server_interceptors(meter),
+        server_chain(stats),
     )

@@ -1,10 +1,10 @@
 """The routing brain: choose a route, load history, call the provider, store the turn.
 
-    router = Router(memory_stub, provider_stub, settings)
+    router = Router(memory_client, provider_client, settings)
     reply, route = await router.dispatch(inbound_message)
 
-Every outbound call carries the inbound call's remaining deadline and
-metadata (shared.context.call_options).
+Cores speak domain calls on typed clients (services/<svc>/client.py); the
+client chain adds the inbound call's deadline and metadata to every call.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from google.protobuf import timestamp_pb2
 
 from clawmesh.common.v1 import common_pb2
-from clawmesh.memory.v1 import memory_pb2
 from clawmesh.provider.v1 import provider_pb2
-from clawmesh.shared.context import call_options, current
+from clawmesh.services.routing.history import HistoryCache
+from clawmesh.shared.context import current
 from clawmesh.shared.settings import MeshSettings
 
 
@@ -41,51 +41,51 @@ def now_ts() -> timestamp_pb2.Timestamp:
 
 
 class Router:
-    """Orchestrates one message. Stubs are injected; nothing here knows ports."""
+    """Orchestrates one message. Clients are injected; nothing here knows ports."""
 
-    def __init__(self, memory, provider, settings: MeshSettings) -> None:
+    def __init__(self, memory, provider, settings: MeshSettings,
+                 history: HistoryCache | None = None) -> None:
         self.memory = memory
         self.provider = provider
         self.settings = settings
+        cfg = settings.routing
+        if history is None and cfg.history_cache_sessions:
+            history = HistoryCache(cfg.history_cache_sessions, cfg.history_cache_ttl_s)
+        self.history = history
         self._default = Route(
             name="default",
-            backend=settings.routing.default_backend,
-            model=settings.routing.default_model,
-            history_limit=settings.routing.history_limit,
+            backend=cfg.default_backend,
+            model=cfg.default_model,
+            history_limit=cfg.history_limit,
             reason="no routing rules configured; default backend",
         )
 
     def decide(self, message: common_pb2.InboundMessage) -> Route:
         return self._default
 
-    def _opts(self) -> dict:
-        return call_options(self.settings.call_timeout_s, self.settings.deadline_reserve_ms)
-
     async def _prompt(self, message, route: Route):
         user = common_pb2.ChatMessage(
             role=common_pb2.ROLE_USER, content=message.content, name=message.sender,
             created_time=message.sent_time if message.HasField("sent_time") else now_ts(),
         )
-        history = []
+        history: list = []
         if route.history_limit:
-            got = await self.memory.GetHistory(
-                memory_pb2.GetHistoryRequest(
-                    session_id=message.session_id, limit=route.history_limit
-                ),
-                **self._opts(),
-            )
-            history = list(got.messages)
+            if self.history is not None:
+                history = await self.history.load(
+                    self.memory, message.tenant, message.session_id, route.history_limit)
+            else:
+                got = await self.memory.history(message.session_id, limit=route.history_limit)
+                history = list(got.messages)
         return user, [*history, user]
 
-    async def _store(self, message, user, assistant) -> None:
-        info = current()
-        key = message.idempotency_key or (info.request_id if info else "") or uuid.uuid4().hex
-        await self.memory.BatchAppend(
-            memory_pb2.BatchAppendRequest(
-                session_id=message.session_id, messages=[user, assistant], idempotency_key=key
-            ),
-            **self._opts(),
-        )
+    async def _store(self, message, route: Route, user, assistant) -> None:
+        # Ingest always keys the message; a direct caller of routing gets a fresh key.
+        key = message.idempotency_key or uuid.uuid4().hex
+        turn = [user, assistant]
+        response = await self.memory.append(message.session_id, turn, key)
+        if self.history is not None:
+            self.history.appended(message.tenant, message.session_id, turn, response,
+                                  route.history_limit)
 
     def _reply(self, message, content, backend, model, usage, finish) -> common_pb2.Reply:
         info = current()
@@ -98,16 +98,13 @@ class Router:
     async def dispatch(self, message: common_pb2.InboundMessage):
         route = self.decide(message)
         user, prompt = await self._prompt(message, route)
-        gen = await self.provider.Generate(
-            provider_pb2.GenerateRequest(
-                backend=route.backend, model=route.model, messages=prompt,
-                session_id=message.session_id,
-            ),
-            **self._opts(),
-        )
+        gen = await self.provider.generate(provider_pb2.GenerateRequest(
+            backend=route.backend, model=route.model, messages=prompt,
+            session_id=message.session_id,
+        ))
         assistant = gen.message
         assistant.created_time.GetCurrentTime()
-        await self._store(message, user, assistant)
+        await self._store(message, route, user, assistant)
         reply = self._reply(
             message, assistant.content, gen.backend, gen.model, gen.usage, gen.finish_reason
         )
@@ -119,24 +116,21 @@ class Router:
         """Yields (chunk, route-on-the-first-chunk-only); the last chunk is final."""
         route = self.decide(message)
         user, prompt = await self._prompt(message, route)
-        call = self.provider.GenerateStream(
-            provider_pb2.GenerateStreamRequest(
-                backend=route.backend, model=route.model, messages=prompt,
-                session_id=message.session_id,
-            ),
-            **self._opts(),
-        )
+        stream = self.provider.generate_stream(provider_pb2.GenerateStreamRequest(
+            backend=route.backend, model=route.model, messages=prompt,
+            session_id=message.session_id,
+        ))
         parts: list[str] = []
         first: Route | None = route
         try:
-            async for piece in call:
+            async for piece in stream:
                 if piece.final:
                     content = "".join(parts)
                     assistant = common_pb2.ChatMessage(
                         role=common_pb2.ROLE_ASSISTANT, content=content,
                         token_count=piece.usage.completion_tokens, created_time=now_ts(),
                     )
-                    await self._store(message, user, assistant)
+                    await self._store(message, route, user, assistant)
                     reply = self._reply(
                         message, content, piece.backend, piece.model, piece.usage,
                         piece.finish_reason,
@@ -147,4 +141,4 @@ class Router:
                 yield common_pb2.ReplyChunk(index=piece.index, delta=piece.delta), first
                 first = None
         finally:
-            call.cancel()
+            await stream.aclose()

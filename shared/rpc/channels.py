@@ -1,14 +1,28 @@
-"""Client channels: one long-lived grpc.aio channel per target, never per call.
+"""Outbound channels, transports and typed clients: one long-lived channel per target.
 
-    pool = ChannelPool()
-    memory = MemoryServiceStub(pool.get(settings.memory.target()))
+    pool = ChannelPool(settings)                          # the client chain comes from settings
+    memory = pool.client(MemoryClient, settings.memory.target())
     ...
     await pool.close()
+
+``settings.internal_transport`` picks how a typed client's calls travel:
+``stream`` (default) multiplexes them on Exchange streams, ``unary`` makes one
+RPC per call. Both go through the same client chain.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
 import grpc
+
+from clawmesh.shared.rpc.client import ClientInterceptor, ServiceClient, Transport, UnaryTransport
+from clawmesh.shared.rpc.exchange_client import ExchangeTransport
+from clawmesh.shared.rpc.interceptors import client_chain
+from clawmesh.shared.settings import MeshSettings
+
+C = TypeVar("C", bound=ServiceClient)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
@@ -20,8 +34,8 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # gRPC needs L7 balancing: spread calls over every address DNS returns
-        # (headless Services in Kubernetes).
+        # gRPC needs L7 balancing: spread calls (and Exchange streams) over every
+        # address DNS returns (headless Services in Kubernetes).
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.enable_retries", 0),
         # gRPC's default reconnect backoff grows to 120 s: a restarted dependency
@@ -33,21 +47,45 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, object]]:
 
 
 class ChannelPool:
-    """Owns the process's outbound channels, keyed by target."""
+    """Owns the process's outbound channels and transports, keyed by target."""
 
-    def __init__(self, max_message_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, settings: MeshSettings, max_message_bytes: int = 4 * 1024 * 1024,
+                 chain: Sequence[ClientInterceptor] | None = None) -> None:
+        self.settings = settings
         self._options = channel_options(max_message_bytes)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._transports: dict[tuple[str, str], Transport] = {}
+        self.chain = list(chain) if chain is not None else client_chain(
+            settings.call_timeout_s, settings.deadline_reserve_ms)
 
-    def get(self, target: str) -> grpc.aio.Channel:
+    def channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
         if channel is None:
             channel = grpc.aio.insecure_channel(target, options=self._options)
             self._channels[target] = channel
         return channel
 
+    def transport(self, target: str, service: str) -> Transport:
+        key = (target, service)
+        transport = self._transports.get(key)
+        if transport is None:
+            if self.settings.internal_transport == "stream":
+                transport = ExchangeTransport(self.channel(target), service,
+                                              self.settings.streams_per_target,
+                                              self.settings.stream_max_age_s)
+            else:
+                transport = UnaryTransport(self.channel(target))
+            self._transports[key] = transport
+        return transport
+
+    def client(self, cls: type[C], target: str) -> C:
+        """A typed client of ``cls.SERVICE`` at ``target`` over the configured transport."""
+        return cls(self.transport(target, cls.SERVICE.full_name), self.chain)
+
     async def close(self) -> None:
+        for transport in self._transports.values():
+            await transport.close()
+        self._transports.clear()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
-

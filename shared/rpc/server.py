@@ -1,13 +1,17 @@
 """The server factory every service uses.
 
     server = create_server(settings.memory, [(add_MemoryServiceServicer_to_server, servicer)],
-                           ["clawmesh.memory.v1.MemoryService"], server_interceptors(meter))
+                           ["clawmesh.memory.v1.MemoryService"], server_chain(stats))
     await server.start()            # health SERVING for "" and each service
     ...
     await server.stop()             # health NOT_SERVING, refuse new calls, drain in-flight
 
-grpc.health.v1 (per-service status) and server reflection are on every server,
-so grpcurl, ghz and Kubernetes probes need no extra files.
+The interceptor chain is applied to each method's handler once, here, when it
+is registered (no per-call interceptor work in gRPC's own machinery). A service
+whose contract declares ``Exchange`` gets it served generically from its own
+wrapped handlers (``shared.rpc.exchange_server``). grpc.health.v1 (per-service
+status) and server reflection (v1 and v1alpha) are on every server, so grpcurl,
+ghz and Kubernetes probes need no extra files.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from clawmesh.shared.rpc.chain import HandlerInterceptor, wrap_method
+from clawmesh.shared.rpc.exchange_server import exchange_handler
+from clawmesh.shared.rpc.reflection import _Capture, enable_reflection
 from clawmesh.shared.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,7 @@ class MeshServer:
         settings: ServerSettings,
         servicers: Sequence[tuple[AddFn, object]],
         service_names: Sequence[str],
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[HandlerInterceptor] = (),
     ) -> None:
         self.settings = settings
         self.service_names = list(service_names)
@@ -51,22 +58,35 @@ class MeshServer:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(
-            interceptors=list(interceptors),
-            options=options,
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
         )
+        capture = _Capture()
         for add, servicer in servicers:
-            add(servicer, self.server)
+            add(servicer, capture)
+            capture.check(getattr(add, "__qualname__", repr(add)))
+        for service, handlers in capture.handlers.items():
+            self._register(service, handlers, list(interceptors))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
+        enable_reflection([*self.service_names, health.SERVICE_NAME], self.server)
         self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
+
+    def _register(self, service: str, handlers: dict, chain: list[HandlerInterceptor]) -> None:
+        """Wrap each method's handler in the chain once; serve Exchange from the wrapped ones."""
+        wrapped = {name: wrap_method(h, f"/{service}/{name}", chain) for name, h in handlers.items()}
+        if "Exchange" in wrapped:
+            desc = descriptor_pool.Default().FindServiceByName(service)
+            response_class = message_factory.GetMessageClass(
+                desc.methods_by_name["Exchange"].output_type)
+            by_path = {f"/{service}/{n}": h for n, h in wrapped.items() if n != "Exchange"}
+            wrapped["Exchange"] = exchange_handler(by_path, handlers["Exchange"], response_class)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, wrapped),))
+        self.server.add_registered_method_handlers(service, wrapped)
 
     @property
     def address(self) -> str:
@@ -95,13 +115,18 @@ class MeshServer:
             except Exception:  # noqa: BLE001 - keep closing the rest
                 log.exception("error while closing")
 
-    async def serve_until_signal(self) -> None:
-        """Start, run until SIGTERM/SIGINT, then stop gracefully."""
+    async def serve_until_signal(self, on_serving: Callable[[], None] | None = None) -> None:
+        """Start, run until SIGTERM/SIGINT, then stop gracefully.
+
+        ``on_serving`` runs once the server is SERVING (e.g. freezing the start-up heap).
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        if on_serving is not None:
+            on_serving()
         log.info("serving", extra={"address": self.address, "services": self.service_names})
         await stop.wait()
         log.info("stopping", extra={"grace_s": self.settings.grace_period_s})
@@ -113,7 +138,7 @@ def create_server(
     settings: ServerSettings,
     servicers: Sequence[tuple[AddFn, object]],
     service_names: Sequence[str],
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    interceptors: Sequence[HandlerInterceptor] = (),
 ) -> MeshServer:
     """Build (not start) a server for the given servicers."""
     return MeshServer(settings, servicers, service_names, interceptors)

@@ -8,14 +8,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from clawmesh.shared import context as callctx
 from clawmesh.shared.errors import InvalidArgument, bad_request_fields
-from clawmesh.shared.rpc.chain import server_interceptors
+from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import create_server
+from clawmesh.shared.rpcstats import RpcStats
 from clawmesh.shared.settings import ServerSettings
-from clawmesh.shared.telemetry import meter_provider
 from clawmesh.testing.v1 import echo_pb2, echo_pb2_grpc
 from tests.conftest import trailing_status
 
@@ -56,31 +55,23 @@ class Echo(echo_pb2_grpc.EchoServiceServicer):
 
 @pytest.fixture
 async def echo_server():
-    reader = InMemoryMetricReader()
-    provider = meter_provider("echo", [reader])
+    stats = RpcStats()
     servicer = Echo()
     server = create_server(
         ServerSettings(port=0, grace_period_s=5),
         [(echo_pb2_grpc.add_EchoServiceServicer_to_server, servicer)],
         [SERVICE],
-        server_interceptors(provider.get_meter("test")),
+        server_chain(stats),
     )
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
-    yield server, channel, servicer, reader
+    yield server, channel, servicer, stats
     await channel.close()
     await server.stop(0)
 
 
-def _counts(reader) -> dict[tuple[str, int], int]:
-    out = {}
-    for rm in reader.get_metrics_data().resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                for point in metric.data.data_points:
-                    attrs = dict(point.attributes)
-                    out[(attrs["rpc.method"], attrs["rpc.grpc.status_code"])] = point.count
-    return out
+def _counts(stats: RpcStats) -> dict[tuple[str, int], int]:
+    return {(s.method, s.code): s.count for s in stats.snapshot()}
 
 
 async def test_health_is_serving_per_service_and_reflection_lists_it(echo_server):
@@ -95,10 +86,29 @@ async def test_health_is_serving_per_service_and_reflection_lists_it(echo_server
     async for response in call:
         names = {s.name for s in response.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+async def test_reflection_v1_answers_like_v1alpha(echo_server):
+    """Clients that speak grpc.reflection.v1 (same protocol, other package) are served."""
+    _, channel, _, _ = echo_server
+    v1 = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+                reflection_pb2.ServerReflectionRequest(
+                    file_containing_symbol="grpc.reflection.v1.ServerReflection")]
+    responses = [r async for r in v1(iter(requests), timeout=2)]
+    assert SERVICE in {s.name for s in responses[0].list_services_response.service}
+    assert responses[1].file_descriptor_response.file_descriptor_proto
+    assert responses[2].file_descriptor_response.file_descriptor_proto, responses[2]
 
 
 async def test_domain_error_becomes_status_with_details_and_server_keeps_serving(echo_server):
-    _, channel, _, reader = echo_server
+    _, channel, _, stats = echo_server
     stub = echo_pb2_grpc.EchoServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Echo(echo_pb2.EchoRequest(message="bad"), timeout=2)
@@ -108,7 +118,7 @@ async def test_domain_error_becomes_status_with_details_and_server_keeps_serving
         await stub.Echo(echo_pb2.EchoRequest(message="bug"), timeout=2)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert (await stub.Echo(echo_pb2.EchoRequest(message="ok"), timeout=2)).message == "ok"
-    counts = _counts(reader)
+    counts = _counts(stats)
     method = f"/{SERVICE}/Echo"
     assert counts[(method, 3)] == 1 and counts[(method, 13)] == 1 and counts[(method, 0)] == 1
 

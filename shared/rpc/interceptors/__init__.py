@@ -1,0 +1,39 @@
+"""The two interceptor chains, declared in one place, each interceptor a module.
+
+Server (outermost first): context -> metrics -> errors -> handler. Next issues
+slot tracing first, and auth, rate limit and dedup after errors.
+
+Client (outermost first): propagation (deadline + metadata) -> transport. Next
+issues slot tracing first, then circuit breaker and retry after propagation.
+
+Health, reflection and the Exchange streams themselves bypass the server chain
+(``shared.rpc.filters.default_bypass``); the logical calls inside an Exchange
+stream go through it like any RPC.
+"""
+
+from __future__ import annotations
+
+from clawmesh.shared.rpc.chain import HandlerInterceptor
+from clawmesh.shared.rpc.client import ClientInterceptor
+from clawmesh.shared.rpc.interceptors.context import ContextInterceptor
+from clawmesh.shared.rpc.interceptors.errors import ErrorInterceptor
+from clawmesh.shared.rpc.interceptors.metrics import MetricsInterceptor
+from clawmesh.shared.rpc.interceptors.propagation import PropagationInterceptor
+
+
+def server_chain(stats=None) -> list[HandlerInterceptor]:
+    """The server chain; ``stats`` (an RpcStats) receives per-call figures."""
+    chain: list[HandlerInterceptor] = [ContextInterceptor()]
+    if stats is not None:
+        chain.append(MetricsInterceptor(stats))
+    chain.append(ErrorInterceptor())
+    return chain
+
+
+def client_chain(cap_s: float, reserve_ms: float) -> list[ClientInterceptor]:
+    """The client chain of every outbound mesh call."""
+    return [PropagationInterceptor(cap_s, reserve_ms)]
+
+
+__all__ = ["ContextInterceptor", "ErrorInterceptor", "MetricsInterceptor",
+           "PropagationInterceptor", "client_chain", "server_chain"]

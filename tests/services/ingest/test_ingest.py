@@ -161,11 +161,41 @@ async def test_deadline_is_propagated_downstream(settings):
             assert loop.time() - started < 1.5
 
 
-def test_idempotency_key_prefers_channel_message_id_then_content():
-    a = inbound(tenant="t", channel_message_id="42")
-    assert idempotency_key(a) == idempotency_key(inbound("other text", tenant="t", channel_message_id="42"))
-    assert idempotency_key(a) != idempotency_key(inbound(tenant="t2", channel_message_id="42"))
-    same_content = idempotency_key(inbound("x", tenant="t"))
-    assert same_content == idempotency_key(inbound("x", tenant="t"))
-    assert same_content != idempotency_key(inbound("y", tenant="t"))
-    assert idempotency_key(inbound(idempotency_key="caller-key")) == "caller-key"
+def test_idempotency_key_is_scoped_to_tenant_channel_and_session():
+    key = idempotency_key(inbound(tenant="t", channel_message_id="42"), "r1")
+    # The platform's id makes a redelivery the same message, whatever else differs.
+    assert key == idempotency_key(inbound("other", tenant="t", channel_message_id="42"), "r2")
+    for other in (dict(tenant="t2"), dict(tenant="t", channel="discord"),
+                  dict(tenant="t", session="s2")):
+        assert key != idempotency_key(inbound(channel_message_id="42", **other), "r1"), other
+    caller = idempotency_key(inbound(tenant="t", idempotency_key="k"), "r1")
+    assert caller == idempotency_key(inbound(tenant="t", idempotency_key="k"), "r2")
+    assert caller != idempotency_key(inbound(tenant="t", session="s2", idempotency_key="k"), "r1")
+
+
+def test_content_alone_never_makes_two_messages_the_same():
+    assert idempotency_key(inbound("yes", tenant="t"), "r1") != idempotency_key(
+        inbound("yes", tenant="t"), "r2")
+
+
+async def test_saying_yes_twice_stores_both_turns(ingest):
+    for _ in range(2):
+        await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("yes")), timeout=5)
+    third = await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("and?")), timeout=5)
+    assert "2 earlier turn(s)" in third.reply.content, third.reply.content
+
+
+async def test_same_channel_message_id_in_two_sessions_is_two_messages(ingest):
+    for session in ("chat-1", "chat-2"):
+        response = await ingest.Submit(ingest_pb2.SubmitRequest(
+            message=inbound("hi", session=session, channel_message_id="1")), timeout=5)
+        assert response.reply.session_id == session
+        assert "0 earlier turn(s)" in response.reply.content
+
+
+async def test_submit_returns_the_request_id_in_initial_metadata(ingest):
+    call = ingest.Submit(ingest_pb2.SubmitRequest(message=inbound()), timeout=5)
+    response = await call
+    initial = dict(await call.initial_metadata())
+    assert initial["x-clawmesh-request-id"] == response.reply.request_id
+    assert len(response.reply.request_id) == 32

@@ -1,0 +1,234 @@
+"""Server side of the Exchange streams: many logical calls on one long-lived stream.
+
+Every internal service declares ``rpc Exchange(stream ExchangeRequest) returns
+(stream ExchangeResponse)``; the server factory serves it generically from the
+service's own (already chain-wrapped) method handlers, so a logical call runs
+exactly the code an RPC of the same method runs — interceptors included — and
+keeps its deadline, cancellation, metadata and status with details
+(``clawmesh.common.v1.Frame`` is the framing). Responses finished while a write
+is in flight go out together in the next write (coalescing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from clawmesh.common.v1 import exchange_pb2
+from clawmesh.shared import metadata as md
+
+log = logging.getLogger(__name__)
+
+REQUEST = exchange_pb2.FRAME_KIND_REQUEST
+MESSAGE = exchange_pb2.FRAME_KIND_MESSAGE
+END = exchange_pb2.FRAME_KIND_END
+CANCEL = exchange_pb2.FRAME_KIND_CANCEL
+Frame = exchange_pb2.Frame
+
+_CODE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ExchangeAbort(grpc.aio.AbortError):
+    """Raised by ``ExchangeContext.abort``; the call ends with the chosen status."""
+
+
+class ExchangeContext:
+    """The ``grpc.aio.ServicerContext`` subset a handler sees for a logical call."""
+
+    __slots__ = ("headers", "deadline", "_code", "_details", "_trailing", "_peer")
+
+    def __init__(self, headers: dict[str, str], deadline: float | None, peer: str) -> None:
+        self.headers = headers  # the call's metadata as a dict (no per-call rebuilding)
+        self.deadline = deadline
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._trailing: tuple = ()
+        self._peer = peer
+
+    def invocation_metadata(self):
+        return tuple(self.headers.items())
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.0)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata=()):
+        self._code, self._details, self._trailing = code, details, tuple(trailing_metadata)
+        raise ExchangeAbort()
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self):
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def set_trailing_metadata(self, metadata) -> None:
+        self._trailing = tuple(metadata)
+
+    def trailing_metadata(self):
+        return self._trailing
+
+    async def send_initial_metadata(self, metadata) -> None:
+        """Initial metadata has no frame of its own; it travels with the END frame."""
+        self._trailing = (*self._trailing, *metadata)
+
+    def peer(self) -> str:
+        return self._peer
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+
+def _end(call_id: int, code: grpc.StatusCode, message: str, trailing=()) -> Frame:
+    frame = Frame(call_id=call_id, kind=END)
+    frame.status.code = code.value[0]
+    frame.status.message = message
+    for key, value in trailing:
+        if key == md.STATUS_DETAILS:
+            # google.rpc.Status and ErrorStatus share one wire format.
+            frame.status.MergeFromString(value)
+            frame.status.code = code.value[0]
+        elif not key.endswith("-bin"):
+            frame.metadata[key] = value
+    return frame
+
+
+class _Session:
+    """One Exchange stream being served."""
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler], response_class, peer: str):
+        self.handlers = handlers
+        self.response_class = response_class
+        self.peer = peer
+        self.out: list[Frame] = []
+        self.wake = asyncio.Event()
+        self.calls: dict[int, asyncio.Task] = {}
+        self.reading = True
+
+    def emit(self, frame: Frame) -> None:
+        self.out.append(frame)
+        self.wake.set()
+
+    async def read(self, request_iterator) -> None:
+        try:
+            async for request in request_iterator:
+                for frame in request.frames:
+                    if frame.kind == REQUEST:
+                        self.start(frame)
+                    elif frame.kind == CANCEL:
+                        task = self.calls.get(frame.call_id)
+                        if task is not None:
+                            task.cancel()
+        finally:
+            self.reading = False
+            self.wake.set()
+
+    def start(self, frame: Frame) -> None:
+        call_id = frame.call_id
+        handler = self.handlers.get(frame.method)
+        if handler is None or not (handler.unary_unary or handler.unary_stream):
+            what = "unknown method" if handler is None else "not callable on Exchange"
+            self.emit(_end(call_id, grpc.StatusCode.UNIMPLEMENTED, f"{frame.method}: {what}"))
+            return
+        deadline = time.monotonic() + frame.timeout_us / 1e6 if frame.timeout_us else None
+        ctx = ExchangeContext(dict(frame.metadata), deadline, self.peer)
+        task = asyncio.get_running_loop().create_task(self.run(call_id, handler, frame.payload, ctx))
+        self.calls[call_id] = task
+        task.add_done_callback(lambda _t, cid=call_id: self._finished(cid))
+
+    def _finished(self, call_id: int) -> None:
+        self.calls.pop(call_id, None)
+        if not self.reading and not self.calls:
+            self.wake.set()
+
+    async def run(self, call_id: int, handler, payload: bytes, ctx: ExchangeContext) -> None:
+        timer = None
+        expired = False
+        if ctx.deadline is not None:
+            task = asyncio.current_task()
+
+            def expire() -> None:
+                nonlocal expired
+                expired = True
+                task.cancel()
+
+            timer = asyncio.get_running_loop().call_at(
+                asyncio.get_running_loop().time() + max(ctx.deadline - time.monotonic(), 0), expire
+            )
+        try:
+            try:
+                request = handler.request_deserializer(payload)
+            except Exception:  # noqa: BLE001 - as gRPC does for undecodable bytes
+                self.emit(_end(call_id, grpc.StatusCode.INTERNAL, "failed to deserialize request"))
+                return
+            serialize = handler.response_serializer
+            if handler.unary_unary:
+                response = await handler.unary_unary(request, ctx)
+                frame = _end(call_id, grpc.StatusCode.OK, "", ctx.trailing_metadata())
+                frame.payload = serialize(response)
+                self.emit(frame)
+            else:
+                async for response in handler.unary_stream(request, ctx):
+                    self.emit(Frame(call_id=call_id, kind=MESSAGE, payload=serialize(response)))
+                self.emit(_end(call_id, grpc.StatusCode.OK, "", ctx.trailing_metadata()))
+        except ExchangeAbort:
+            self.emit(_end(call_id, ctx.code() or grpc.StatusCode.UNKNOWN, ctx.details(),
+                           ctx.trailing_metadata()))
+        except asyncio.CancelledError:
+            if expired:
+                self.emit(_end(call_id, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+            else:  # the caller cancelled: it is no longer listening
+                self.emit(_end(call_id, grpc.StatusCode.CANCELLED, "cancelled by the caller"))
+        except Exception:  # noqa: BLE001 - the chain maps errors; this is a last resort
+            log.exception("unhandled error in Exchange call %s", call_id)
+            self.emit(_end(call_id, grpc.StatusCode.INTERNAL, "internal error"))
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def serve(self, request_iterator):
+        reader = asyncio.get_running_loop().create_task(self.read(request_iterator))
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if self.out:
+                    batch, self.out = self.out, []
+                    yield self.response_class(frames=batch)
+                    continue
+                if not self.reading and not self.calls:
+                    break
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            for task in list(self.calls.values()):
+                task.cancel()
+
+
+def exchange_handler(handlers: dict[str, grpc.RpcMethodHandler],
+                     exchange: grpc.RpcMethodHandler, response_class) -> grpc.RpcMethodHandler:
+    """The Exchange method of a service whose (wrapped) methods are ``handlers``."""
+
+    async def behavior(request_iterator, context):
+        session = _Session(handlers, response_class, context.peer())
+        async for response in session.serve(request_iterator):
+            yield response
+
+    return grpc.stream_stream_rpc_method_handler(
+        behavior, request_deserializer=exchange.request_deserializer,
+        response_serializer=exchange.response_serializer,
+    )
+
+
+__all__ = ["ExchangeAbort", "ExchangeContext", "exchange_handler"]
