@@ -60,6 +60,7 @@ class MeshServer:
         self.server = grpc.aio.server(
             options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
         )
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}  # full method -> wrapped handler
         capture = _Capture()
         for add, servicer in servicers:
             add(servicer, capture)
@@ -78,6 +79,7 @@ class MeshServer:
     def _register(self, service: str, handlers: dict, chain: list[HandlerInterceptor]) -> None:
         """Wrap each method's handler in the chain once; serve Exchange from the wrapped ones."""
         wrapped = {name: wrap_method(h, f"/{service}/{name}", chain) for name, h in handlers.items()}
+        self.handlers.update({f"/{service}/{n}": h for n, h in wrapped.items()})
         if "Exchange" in wrapped:
             desc = descriptor_pool.Default().FindServiceByName(service)
             response_class = message_factory.GetMessageClass(
