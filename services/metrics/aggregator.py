@@ -6,7 +6,10 @@
 
 Only ``rpc.server.duration`` histograms (ms; attributes ``rpc.method`` and
 ``rpc.grpc.status_code``, as ``clawmesh.shared.rpc.chain.MetricsInterceptor`` records
-them) are aggregated; other data points are counted and ignored. Memory is
+them, or ``clawmesh.shared.rpcstats.OtlpStatsExporter`` sends them) are aggregated;
+``error_count`` counts server faults only (``clawmesh.shared.rpcstats.is_server_fault``:
+INTERNAL, UNAVAILABLE ... but not INVALID_ARGUMENT, NOT_FOUND ...), while
+``status_counts`` count every code. Other data points are counted and ignored. Memory is
 bounded: an instance silent for ``stale_after_s`` is dropped with its series,
 and at most ``max_series`` series are kept (the rest are counted as dropped).
 """
@@ -22,10 +25,11 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from clawmesh.services.metrics.histogram import Histogram, LatencyStats, summarize
 from clawmesh.shared.errors import code_name
+from clawmesh.shared.rpcstats import is_server_fault
 
 DURATION_METRIC = "rpc.server.duration"
 UNKNOWN_SERVICE = "unknown_service"
-OK, UNKNOWN = 0, 2
+UNKNOWN = 2
 _CODES_BY_NAME = {code_name(code): code for code in range(17)}
 _NO_RECORDED_VALUE = metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
 
@@ -44,7 +48,7 @@ class MethodStats:
 class ServiceStats:
     service: str
     request_count: int
-    error_count: int
+    error_count: int  # server faults (is_server_fault), not refusals like INVALID_ARGUMENT
     instances: int
     last_report_time: float  # clock seconds of the newest report
     latency: LatencyStats
@@ -180,7 +184,7 @@ def _service_stats(service: str, insts: list[_Instance]) -> ServiceStats:
         status: dict[str, int] = {}
         for code, hist in items:
             status[code_name(code)] = status.get(code_name(code), 0) + hist.count
-            errors += hist.count if code != OK else 0
+            errors += hist.count if is_server_fault(code) else 0
         hists = [hist for _, hist in items]
         methods.append(MethodStats(method, sum(h.count for h in hists), status, summarize(hists)))
     return ServiceStats(

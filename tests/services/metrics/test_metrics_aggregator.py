@@ -81,7 +81,8 @@ def test_counts_status_names_and_latency_per_method(agg, clock):
         )
     )
     [svc] = agg.snapshot()
-    assert (svc.service, svc.request_count, svc.error_count, svc.instances) == ("ingest", 13, 3, 1)
+    # INVALID_ARGUMENT is a refusal, not a server error: only the UNAVAILABLE call counts.
+    assert (svc.service, svc.request_count, svc.error_count, svc.instances) == ("ingest", 13, 1, 1)
     assert svc.last_report_time == clock.now
     converse, submit = svc.methods  # sorted by method name
     assert (submit.method, submit.request_count) == (SUBMIT, 12)
@@ -93,6 +94,37 @@ def test_counts_status_names_and_latency_per_method(agg, clock):
     assert submit.latency.p50_ms == pytest.approx(10.0 + 9.0 * 0.4)
     assert svc.latency.max_ms == 40.0
     assert converse.latency.p99_ms == 40.0
+
+
+def test_error_count_counts_server_faults_only_and_status_counts_every_code(agg):
+    refusals = {3: 1, 5: 2, 6: 3, 7: 4, 16: 5, 9: 6, 11: 7, 1: 8, 8: 9}  # code: count
+    faults = {2: 10, 13: 20, 14: 30, 4: 40, 15: 50, 12: 60}
+    points = [
+        point(SUBMIT, code, (n, 0, 0, 0)) for code, n in {0: 100, **refusals, **faults}.items()
+    ]
+    agg.ingest(request(*points))
+    [svc] = agg.snapshot()
+    assert svc.request_count == 100 + sum(refusals.values()) + sum(faults.values())
+    assert svc.error_count == sum(faults.values()) == 210
+    [submit] = svc.methods
+    assert submit.status_counts == {
+        "OK": 100,
+        "CANCELLED": 8,
+        "UNKNOWN": 10,
+        "INVALID_ARGUMENT": 1,
+        "DEADLINE_EXCEEDED": 40,
+        "NOT_FOUND": 2,
+        "ALREADY_EXISTS": 3,
+        "PERMISSION_DENIED": 4,
+        "RESOURCE_EXHAUSTED": 9,
+        "FAILED_PRECONDITION": 6,
+        "OUT_OF_RANGE": 7,
+        "UNIMPLEMENTED": 60,
+        "INTERNAL": 20,
+        "UNAVAILABLE": 30,
+        "DATA_LOSS": 50,
+        "UNAUTHENTICATED": 5,
+    }
 
 
 def test_cumulative_points_replace_and_instances_add_up(agg):
