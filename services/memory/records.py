@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from dataclasses import dataclass, field
 
 from clawmesh.shared.errors import InvalidArgument
+from clawmesh.shared.tokens import estimate_tokens
 
 _TOKEN_PREFIX = b"s1:"
 
@@ -41,19 +41,31 @@ class Message:
 
 @dataclass(frozen=True)
 class AppendResult:
-    """Sequences of the appended messages; ``duplicate`` when a repeat of a stored key."""
+    """Sequences of the appended messages; ``duplicate`` when a repeat of a stored key.
+
+    ``session_epoch`` identifies the session's incarnation (see ``History``).
+    """
 
     sequences: list[int]
     duplicate: bool
+    session_epoch: int = 0
 
 
 @dataclass(frozen=True)
 class History:
-    """Messages oldest first; ``total_messages`` stored, ``truncated`` when some left out."""
+    """Messages oldest first; ``total_messages`` stored, ``truncated`` when some left out.
+
+    ``last_sequence`` is the session's newest sequence and ``session_epoch`` its
+    incarnation, which changes when the session is deleted and created again
+    (both 0 when there is no session): a cached history stays valid while the
+    epoch is the same, and ``after_sequence=last_sequence`` fetches what is new.
+    """
 
     messages: list[Message]
     total_messages: int
     truncated: bool
+    last_sequence: int = 0
+    session_epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,12 +97,10 @@ class Stats:
     tokens: int
 
 
-def estimate_tokens(message: Message) -> int:
-    """ceil(chars / 4) over content, tool-call names and arguments."""
-    chars = len(message.content) + sum(
-        len(c.name) + len(c.arguments_json) for c in message.tool_calls
-    )
-    return math.ceil(chars / 4)
+def estimate_message_tokens(message: Message) -> int:
+    """``estimate_tokens`` over the content and the tool calls' names and arguments."""
+    calls = "".join(c.name + c.arguments_json for c in message.tool_calls)
+    return estimate_tokens(message.content + calls)
 
 
 def encode_page_token(after_session_id: str) -> str:

@@ -1,8 +1,11 @@
 """gRPC adapter of the memory store: validate and decode, call the store, encode.
 
-The tenant is the ``x-clawmesh-tenant`` metadata of the call ("default" when
-absent). Bad input raises ``InvalidArgument`` naming every offending field;
-the server's error interceptor turns it into INVALID_ARGUMENT + BadRequest.
+The tenant is the ``x-clawmesh-tenant`` metadata of the call; when absent
+(memory called directly, not through ingest) it falls back to the same default
+tenant ingest uses. Limits (id length, content size, batch and page sizes) come
+from ``MemorySettings``. Bad input raises ``InvalidArgument`` naming every
+offending field; the server's error interceptor turns it into INVALID_ARGUMENT
++ BadRequest.
 """
 
 from __future__ import annotations
@@ -12,39 +15,12 @@ from google.protobuf import timestamp_pb2
 from clawmesh.common.v1 import common_pb2
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from clawmesh.services.memory.records import Message, SessionInfo, ToolCall
-from clawmesh.services.memory.store import MAX_PAGE_SIZE, MemoryStore
+from clawmesh.services.memory.store import MemoryStore
 from clawmesh.shared.context import current
 from clawmesh.shared.errors import FieldViolation, InvalidArgument
+from clawmesh.shared.settings import MemorySettings
 
-DEFAULT_TENANT = "default"
-MAX_ID_CHARS = 256
-MAX_CONTENT_BYTES = 256 * 1024
-MAX_BATCH_MESSAGES = 100
 KNOWN_ROLES = frozenset(v for v in common_pb2.Role.values() if v != common_pb2.ROLE_UNSPECIFIED)
-
-
-def _tenant() -> str:
-    info = current()
-    return (info.tenant if info is not None else "") or DEFAULT_TENANT
-
-
-def _check_id(value: str, name: str, required: bool) -> list[FieldViolation]:
-    if required and not value:
-        return [FieldViolation(name, "must not be empty")]
-    if len(value) > MAX_ID_CHARS:
-        return [FieldViolation(name, f"must be at most {MAX_ID_CHARS} characters")]
-    return []
-
-
-def _check_message(message: common_pb2.ChatMessage, name: str) -> list[FieldViolation]:
-    problems = []
-    if message.role not in KNOWN_ROLES:
-        problems.append(FieldViolation(f"{name}.role", "must be a known role, not UNSPECIFIED"))
-    if len(message.content.encode()) > MAX_CONTENT_BYTES:
-        problems.append(
-            FieldViolation(f"{name}.content", f"must be at most {MAX_CONTENT_BYTES} bytes")
-        )
-    return problems
 
 
 def _raise_if(problems: list[FieldViolation]) -> None:
@@ -96,21 +72,54 @@ def _encode_session(info: SessionInfo) -> memory_pb2.SessionInfo:
 
 
 class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
-    """``clawmesh.memory.v1.MemoryService`` over a ``MemoryStore``."""
+    """``clawmesh.memory.v1.MemoryService`` over a ``MemoryStore``.
 
-    def __init__(self, store: MemoryStore) -> None:
+    ``limits`` are the service's settings; ``default_tenant`` is the tenant of a
+    call without tenant metadata (``settings.ingest.default_tenant``).
+    """
+
+    def __init__(self, store: MemoryStore, limits: MemorySettings, default_tenant: str) -> None:
         self._store = store
+        self._limits = limits
+        self._default_tenant = default_tenant
+
+    def _tenant(self) -> str:
+        info = current()
+        return (info.tenant if info is not None else "") or self._default_tenant
+
+    def _check_id(self, value: str, name: str, required: bool) -> list[FieldViolation]:
+        if required and not value:
+            return [FieldViolation(name, "must not be empty")]
+        if len(value) > self._limits.max_id_chars:
+            return [FieldViolation(name, f"must be at most {self._limits.max_id_chars} characters")]
+        return []
+
+    def _check_message(self, message: common_pb2.ChatMessage, name: str) -> list[FieldViolation]:
+        problems = []
+        if message.role not in KNOWN_ROLES:
+            problems.append(FieldViolation(f"{name}.role", "must be a known role, not UNSPECIFIED"))
+        limit = self._limits.max_content_bytes
+        if len(message.content.encode()) > limit:
+            problems.append(FieldViolation(f"{name}.content", f"must be at most {limit} bytes"))
+        return problems
 
     async def Append(self, request, context):
-        problems = _check_id(request.session_id, "session_id", required=True)
-        problems += _check_id(request.idempotency_key, "idempotency_key", required=False)
+        """Append one message to a session; returns its sequence.
+
+        A repeat of an ``idempotency_key`` already used in the same session stores
+        nothing and returns the first sequence with ``duplicate``. INVALID_ARGUMENT
+        for a missing/too long session id, a too long key, a missing message, an
+        unknown role or too large content.
+        """
+        problems = self._check_id(request.session_id, "session_id", required=True)
+        problems += self._check_id(request.idempotency_key, "idempotency_key", required=False)
         if request.HasField("message"):
-            problems += _check_message(request.message, "message")
+            problems += self._check_message(request.message, "message")
         else:
             problems.append(FieldViolation("message", "required"))
         _raise_if(problems)
         result = await self._store.append(
-            _tenant(),
+            self._tenant(),
             request.session_id,
             [decode_message(request.message)],
             request.idempotency_key,
@@ -118,52 +127,88 @@ class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
         return memory_pb2.AppendResponse(sequence=result.sequences[0], duplicate=result.duplicate)
 
     async def BatchAppend(self, request, context):
-        problems = _check_id(request.session_id, "session_id", required=True)
-        problems += _check_id(request.idempotency_key, "idempotency_key", required=False)
-        if not 1 <= len(request.messages) <= MAX_BATCH_MESSAGES:
-            problems.append(
-                FieldViolation("messages", f"must hold 1 to {MAX_BATCH_MESSAGES} messages")
-            )
+        """Append messages atomically (all or none); returns their sequences and the epoch.
+
+        Idempotency as in ``Append`` (a duplicate returns the first append's
+        sequences and the session's epoch). INVALID_ARGUMENT as in ``Append``, and
+        when the batch is empty or holds more than ``max_batch_messages``.
+        """
+        problems = self._check_id(request.session_id, "session_id", required=True)
+        problems += self._check_id(request.idempotency_key, "idempotency_key", required=False)
+        most = self._limits.max_batch_messages
+        if not 1 <= len(request.messages) <= most:
+            problems.append(FieldViolation("messages", f"must hold 1 to {most} messages"))
         for i, message in enumerate(request.messages):
-            problems += _check_message(message, f"messages[{i}]")
+            problems += self._check_message(message, f"messages[{i}]")
         _raise_if(problems)
         result = await self._store.append(
-            _tenant(),
+            self._tenant(),
             request.session_id,
             [decode_message(m) for m in request.messages],
             request.idempotency_key,
         )
         return memory_pb2.BatchAppendResponse(
-            sequences=result.sequences, duplicate=result.duplicate
+            sequences=result.sequences,
+            duplicate=result.duplicate,
+            session_epoch=result.session_epoch,
         )
 
     async def GetHistory(self, request, context):
-        _raise_if(_check_id(request.session_id, "session_id", required=True))
+        """The session's newest messages, oldest first, within limit and token budget.
+
+        With ``after_sequence`` only messages after it (what a cached history
+        lacks); ``last_sequence`` and ``session_epoch`` let the caller check its
+        cache. An unknown session is an empty history, not an error.
+        INVALID_ARGUMENT for a missing or too long session id.
+        """
+        _raise_if(self._check_id(request.session_id, "session_id", required=True))
         history = await self._store.history(
-            _tenant(), request.session_id, request.limit, request.token_budget
+            self._tenant(),
+            request.session_id,
+            request.limit,
+            request.token_budget,
+            request.after_sequence,
         )
         return memory_pb2.GetHistoryResponse(
             messages=[encode_message(m) for m in history.messages],
             total_messages=history.total_messages,
             truncated=history.truncated,
+            last_sequence=history.last_sequence,
+            session_epoch=history.session_epoch,
         )
 
     async def DeleteSession(self, request, context):
-        _raise_if(_check_id(request.session_id, "session_id", required=True))
-        deleted = await self._store.delete_session(_tenant(), request.session_id)
+        """Delete a session, its messages and idempotency keys; returns the message count.
+
+        A session created again afterwards has a new epoch and starts at sequence 1.
+        NOT_FOUND when there is no such session; INVALID_ARGUMENT for a missing or
+        too long session id.
+        """
+        _raise_if(self._check_id(request.session_id, "session_id", required=True))
+        deleted = await self._store.delete_session(self._tenant(), request.session_id)
         return memory_pb2.DeleteSessionResponse(deleted_messages=deleted)
 
     async def ListSessions(self, request, context):
-        if request.page_size > MAX_PAGE_SIZE:
-            raise InvalidArgument("page_size", f"must be at most {MAX_PAGE_SIZE}")
-        page = await self._store.list_sessions(_tenant(), request.page_size, request.page_token)
+        """A page of the tenant's sessions by id (``default_page_size`` when 0).
+
+        INVALID_ARGUMENT when ``page_size`` exceeds ``max_page_size`` or the page
+        token is malformed.
+        """
+        if request.page_size > self._limits.max_page_size:
+            raise InvalidArgument("page_size", f"must be at most {self._limits.max_page_size}")
+        size = request.page_size or min(self._limits.default_page_size, self._limits.max_page_size)
+        page = await self._store.list_sessions(self._tenant(), size, request.page_token)
         return memory_pb2.ListSessionsResponse(
             sessions=[_encode_session(s) for s in page.sessions],
             next_page_token=page.next_page_token,
         )
 
     async def Stats(self, request, context):
-        stats = await self._store.stats(_tenant())
+        """Totals over the tenant's sessions: sessions, messages, content bytes, tokens.
+
+        Raises nothing of its own.
+        """
+        stats = await self._store.stats(self._tenant())
         return memory_pb2.StatsResponse(
             sessions=stats.sessions,
             messages=stats.messages,

@@ -13,15 +13,17 @@ before the commit that holds it is on disk, so an acknowledged append survives
     history = await store.history("t1", "s1")
     await store.close()
 
-A token count of 0 is estimated as ceil(chars / 4) over the content and any
-tool-call names and arguments (the usual rule of thumb for BPE tokenizers on
-English text); the estimate is stored and returned like a given count.
+A token count of 0 is estimated (``estimate_message_tokens``: ceil(chars / 4)
+over the content and any tool-call names and arguments); the estimate is
+stored and returned like a given count. Idempotency keys are scoped to
+(tenant, session): a repeat in the same session returns the first result.
+Each session has an epoch that changes when it is deleted and created again.
+The SQL is in ``queries.py``; the schema and its migrations in ``schema.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,57 +31,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from clawmesh.services.memory import queries
 from clawmesh.services.memory.records import (
     AppendResult,
     History,
     Message,
-    SessionInfo,
     SessionPage,
     Stats,
-    ToolCall,
     decode_page_token,
-    encode_page_token,
-    estimate_tokens,
 )
-from clawmesh.shared.errors import InvalidArgument, NotFound
+from clawmesh.services.memory.schema import migrate
+from clawmesh.shared.errors import InvalidArgument
 
 DB_FILE = "memory.sqlite3"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    tenant TEXT NOT NULL, session_id TEXT NOT NULL,
-    last_seq INTEGER NOT NULL, message_count INTEGER NOT NULL,
-    token_count INTEGER NOT NULL, content_bytes INTEGER NOT NULL,
-    created_ns INTEGER NOT NULL, updated_ns INTEGER NOT NULL,
-    PRIMARY KEY (tenant, session_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS messages (
-    tenant TEXT NOT NULL, session_id TEXT NOT NULL, seq INTEGER NOT NULL,
-    role INTEGER NOT NULL, content TEXT NOT NULL, name TEXT NOT NULL,
-    created_ns INTEGER NOT NULL, token_count INTEGER NOT NULL,
-    content_bytes INTEGER NOT NULL, tool_calls TEXT NOT NULL, tool_call_id TEXT NOT NULL,
-    UNIQUE (tenant, session_id, seq)
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    tenant TEXT NOT NULL, key TEXT NOT NULL, session_id TEXT NOT NULL,
-    first_seq INTEGER NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (tenant, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS idempotency_by_session ON idempotency (tenant, session_id);
-"""
-
-_MESSAGE_COLUMNS = "role, content, name, created_ns, token_count, tool_calls, tool_call_id, seq"
-
-
-def _row(where: tuple[str, str], seq: int, m: Message, now: int) -> tuple:
-    """A ``messages`` row; fills in the creation time and the token estimate."""
-    calls = [[c.id, c.name, c.arguments_json] for c in m.tool_calls]
-    head = (*where, seq, m.role, m.content, m.name, m.created_ns or now)
-    tail = (len(m.content.encode()), json.dumps(calls) if calls else "", m.tool_call_id)
-    return (*head, m.token_count or estimate_tokens(m), *tail)
-
 
 class MemoryStore:
     """Per-(tenant, session) message history with a window, idempotent appends and stats.
@@ -161,26 +125,40 @@ class MemoryStore:
             self._flusher = None
 
     async def history(
-        self, tenant: str, session_id: str, limit: int = 0, token_budget: int = 0
+        self,
+        tenant: str,
+        session_id: str,
+        limit: int = 0,
+        token_budget: int = 0,
+        after_sequence: int = 0,
     ) -> History:
-        """The newest messages, oldest first. ``limit`` 0: the window; ``token_budget`` 0: none."""
-        return await self._read(self._history, tenant, session_id, limit, token_budget)
+        """The newest messages, oldest first. ``limit`` 0: the window; ``token_budget`` 0: none.
+
+        With ``after_sequence`` > 0 only messages with a higher sequence count: the
+        newest of those, ``truncated`` when limit or budget left one of them out.
+        """
+        limit = limit or self.max_messages
+        after = max(after_sequence, 0)
+        return await self._query(queries.history, tenant, session_id, limit, token_budget, after)
 
     async def delete_session(self, tenant: str, session_id: str) -> int:
         """Delete a session; returns its message count. NotFound when there is none."""
-        return await self._run(self._delete, tenant, session_id)
+        return await self._run(self._in_tx, True, queries.delete, tenant, session_id)
 
-    async def list_sessions(
-        self, tenant: str, page_size: int = 0, page_token: str = ""
-    ) -> SessionPage:
-        """Sessions ordered by id; pass ``next_page_token`` back for the next page."""
-        size = DEFAULT_PAGE_SIZE if page_size <= 0 else min(page_size, MAX_PAGE_SIZE)
+    async def list_sessions(self, tenant: str, page_size: int, page_token: str = "") -> SessionPage:
+        """Up to ``page_size`` (>= 1) sessions ordered by id.
+
+        Pass ``next_page_token`` back for the next page. The default and largest page
+        size are the servicer's policy (settings), not the store's.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
         after = decode_page_token(page_token) if page_token else None
-        return await self._read(self._list, tenant, size, after)
+        return await self._query(queries.list_sessions, tenant, page_size, after)
 
     async def stats(self, tenant: str) -> Stats:
         """Sessions, messages, content bytes and tokens stored for ``tenant``."""
-        return await self._read(self._stats, tenant)
+        return await self._query(queries.stats, tenant)
 
     # -- everything below runs on the store's threads ----------------------------------
 
@@ -190,8 +168,13 @@ class MemoryStore:
     async def _read(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._read_executor, fn, *args)
 
+    async def _query(self, fn, *args):
+        """``fn(db, *args)`` in a read transaction on the reader's thread."""
+        return await self._read(self._in_tx, False, fn, *args)
+
     def _connect_reader(self, data_dir: Path) -> None:
         self._rdb = sqlite3.connect(data_dir / DB_FILE, isolation_level=None)
+        self._rdb.row_factory = sqlite3.Row
         self._rdb.execute("PRAGMA busy_timeout=5000")
 
     def _close_reader(self) -> None:
@@ -202,14 +185,19 @@ class MemoryStore:
     def _connect(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(data_dir / DB_FILE, isolation_level=None)
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        db.row_factory = sqlite3.Row
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()["journal_mode"]
         if mode.lower() != "wal":
             db.close()
             raise RuntimeError(f"{data_dir / DB_FILE}: cannot enable WAL (got {mode})")
         # FULL: each commit fsyncs the WAL, so an acknowledged write is on disk.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     def _close(self) -> None:
@@ -230,6 +218,11 @@ class MemoryStore:
             raise
         db.execute("COMMIT")
 
+    def _in_tx(self, write: bool, fn, *args):
+        """``fn(db, *args)`` in one transaction of the writer (``write``) or the reader."""
+        with self._tx(write) as db:
+            return fn(db, *args)
+
     def _append_batch(self, batch: list[tuple]) -> list:
         """One transaction for the batch; each append in a savepoint so a bad one fails alone."""
         results: list = []
@@ -237,120 +230,12 @@ class MemoryStore:
             for args in batch:
                 db.execute("SAVEPOINT one_append")
                 try:
-                    results.append(self._append(db, *args))
+                    results.append(
+                        queries.append(db, *args, now=self._clock(), window=self.max_messages)
+                    )
                 except Exception as exc:  # noqa: BLE001 - handed to that append's caller
                     db.execute("ROLLBACK TO one_append")
                     results.append(exc)
                 db.execute("RELEASE one_append")
         self.commits += 1
         return results
-
-    def _append(self, db, tenant: str, session_id: str, messages: list[Message], key: str):
-        now = self._clock()
-        key_where = (tenant, key)
-        where = (tenant, session_id)
-        if key:
-            row = db.execute(
-                "SELECT session_id, first_seq, count FROM idempotency WHERE tenant=? AND key=?",
-                key_where,
-            ).fetchone()
-            if row is not None:
-                if row[0] != session_id:
-                    raise InvalidArgument("idempotency_key", "already used for another session")
-                return AppendResult(list(range(row[1], row[1] + row[2])), duplicate=True)
-        row = db.execute(
-            "SELECT last_seq FROM sessions WHERE tenant=? AND session_id=?", where
-        ).fetchone()
-        if row is None:
-            db.execute(
-                "INSERT INTO sessions VALUES (?, ?, 0, 0, 0, 0, ?, ?)", (*where, now, now)
-            )
-        last = 0 if row is None else row[0]
-        rows = [_row(where, seq, m, now) for seq, m in enumerate(messages, start=last + 1)]
-        db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-        new_last = last + len(rows)
-        count, tokens, size = len(rows), sum(r[7] for r in rows), sum(r[8] for r in rows)
-        cutoff = new_last - self.max_messages
-        if cutoff > 0:
-            gone = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(token_count), 0),"
-                " COALESCE(SUM(content_bytes), 0) FROM messages"
-                " WHERE tenant=? AND session_id=? AND seq<=?",
-                (*where, cutoff),
-            ).fetchone()
-            db.execute(
-                "DELETE FROM messages WHERE tenant=? AND session_id=? AND seq<=?",
-                (*where, cutoff),
-            )
-            count, tokens, size = count - gone[0], tokens - gone[1], size - gone[2]
-        db.execute(
-            "UPDATE sessions SET last_seq=?, message_count=message_count+?,"
-            " token_count=token_count+?, content_bytes=content_bytes+?, updated_ns=?"
-            " WHERE tenant=? AND session_id=?",
-            (new_last, count, tokens, size, now, *where),
-        )
-        if key:
-            db.execute(
-                "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?)",
-                (*key_where, session_id, last + 1, len(rows)),
-            )
-        return AppendResult(list(range(last + 1, new_last + 1)), duplicate=False)
-
-    def _history(self, tenant: str, session_id: str, limit: int, budget: int) -> History:
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT message_count FROM sessions WHERE tenant=? AND session_id=?",
-                (tenant, session_id),
-            ).fetchone()
-            if row is None:
-                return History([], 0, False)
-            rows = db.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE tenant=? AND session_id=?"
-                " ORDER BY seq DESC LIMIT ?",
-                (tenant, session_id, limit or self.max_messages),
-            ).fetchall()
-        kept: list[Message] = []
-        used = 0
-        for r in rows:
-            if budget and used + r[4] > budget:
-                break
-            used += r[4]
-            calls = tuple(ToolCall(*c) for c in json.loads(r[5])) if r[5] else ()
-            kept.append(Message(r[0], r[1], r[2], r[3], r[4], calls, r[6], r[7]))
-        kept.reverse()
-        return History(kept, row[0], truncated=len(kept) < row[0])
-
-    def _delete(self, tenant: str, session_id: str) -> int:
-        where = (tenant, session_id)
-        with self._tx(write=True) as db:
-            row = db.execute(
-                "SELECT message_count FROM sessions WHERE tenant=? AND session_id=?", where
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"session {session_id!r} not found")
-            for table in ("messages", "idempotency", "sessions"):
-                db.execute(f"DELETE FROM {table} WHERE tenant=? AND session_id=?", where)
-        return row[0]
-
-    def _list(self, tenant: str, size: int, after: str | None) -> SessionPage:
-        sql = (
-            "SELECT session_id, message_count, token_count, created_ns, updated_ns"
-            " FROM sessions WHERE tenant=?"
-            + (" AND session_id>?" if after is not None else "")
-            + " ORDER BY session_id LIMIT ?"
-        )
-        args = (tenant, after, size + 1) if after is not None else (tenant, size + 1)
-        with self._tx() as db:
-            rows = db.execute(sql, args).fetchall()
-        sessions = [SessionInfo(*r) for r in rows[:size]]
-        token = encode_page_token(sessions[-1].session_id) if len(rows) > size else ""
-        return SessionPage(sessions, token)
-
-    def _stats(self, tenant: str) -> Stats:
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(message_count), 0), COALESCE(SUM(content_bytes), 0),"
-                " COALESCE(SUM(token_count), 0) FROM sessions WHERE tenant=?",
-                (tenant,),
-            ).fetchone()
-        return Stats(*row)

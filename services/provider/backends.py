@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from clawmesh.shared.tokens import estimate_tokens
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,6 @@ class BackendInfo:
     kind: str
     models: list[str] = field(default_factory=list)
     healthy: bool = True
-
-
-def estimate_tokens(text: str) -> int:
-    """Rough token count (~4 characters per token), never 0 for non-empty text."""
-    return math.ceil(len(text) / 4)
 
 
 class Backend(Protocol):

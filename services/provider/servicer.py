@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
-from clawmesh.services.provider.backends import Turn, estimate_tokens
+from clawmesh.services.provider.backends import Turn
 from clawmesh.services.provider.core import Provider
 from clawmesh.shared.errors import InvalidArgument
+from clawmesh.shared.tokens import estimate_tokens
 
 ROLES = {
     common_pb2.ROLE_SYSTEM: "system",

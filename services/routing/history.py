@@ -58,7 +58,10 @@ class HistoryCache:
         if entry is not None:
             got = await memory.history(session_id, limit=limit, after_sequence=entry.last_sequence)
             if got.session_epoch == entry.epoch and got.last_sequence >= entry.last_sequence:
-                if got.truncated:  # more new messages than the window: the new ones are it
+                gap = got.last_sequence - entry.last_sequence > len(got.messages)
+                if got.truncated or gap:
+                    # More new messages than the window (or memory's own window trimmed
+                    # some): the newest ones are all there is to keep.
                     entry.messages = list(got.messages)
                 else:
                     entry.messages = (entry.messages + list(got.messages))[-limit:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import grpc
 import pytest
 from google.rpc import status_pb2
@@ -18,9 +20,9 @@ T2 = ((md.TENANT, "t2"),)
 TIMEOUT = 5.0
 
 
-@pytest.fixture
-async def stub(tmp_path):
-    settings = MeshSettings(memory={"port": 0, "data_dir": tmp_path, "max_messages_per_session": 4})
+@asynccontextmanager
+async def serve(settings: MeshSettings):
+    """A started memory server for ``settings`` and a stub on a channel to it."""
     server = await build(settings)
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
@@ -29,6 +31,13 @@ async def stub(tmp_path):
     finally:
         await channel.close()
         await server.stop(0)
+
+
+@pytest.fixture
+async def stub(tmp_path):
+    settings = MeshSettings(memory={"port": 0, "data_dir": tmp_path, "max_messages_per_session": 4})
+    async with serve(settings) as stub:
+        yield stub
 
 
 def chat(content: str, role=common_pb2.ROLE_USER, **kw) -> common_pb2.ChatMessage:
@@ -244,3 +253,88 @@ async def test_invalid_argument_status_is_consistent_for_grpc_status(stub):
         await stub.GetHistory(memory_pb2.GetHistoryRequest(), metadata=T1, timeout=TIMEOUT)
     status = rpc_status.from_call(info.value)
     assert status is not None and bad_request_fields(status) == ["session_id"]
+
+
+async def test_idempotency_keys_are_per_session(stub):
+    call = dict(metadata=T1, timeout=TIMEOUT)
+    A = memory_pb2.AppendRequest
+    first = await stub.Append(A(session_id="a", message=chat("x"), idempotency_key="k"), **call)
+    other = await stub.Append(A(session_id="b", message=chat("y"), idempotency_key="k"), **call)
+    again = await stub.Append(A(session_id="a", message=chat("x"), idempotency_key="k"), **call)
+    assert (first.sequence, first.duplicate) == (1, False)
+    assert (other.sequence, other.duplicate) == (1, False)
+    assert (again.sequence, again.duplicate) == (1, True)
+
+
+async def test_history_after_a_sequence_with_last_sequence_and_epoch(stub):
+    call = dict(metadata=T1, timeout=TIMEOUT)
+    H = memory_pb2.GetHistoryRequest
+    request = memory_pb2.BatchAppendRequest(
+        session_id="s", messages=[chat(str(i)) for i in range(1, 4)], idempotency_key="k"
+    )
+    first = await stub.BatchAppend(request, **call)
+    again = await stub.BatchAppend(request, **call)
+    assert first.session_epoch > 0 and not first.duplicate
+    assert again.duplicate and again.session_epoch == first.session_epoch
+    since = await stub.GetHistory(H(session_id="s", after_sequence=1), **call)
+    assert [m.content for m in since.messages] == ["2", "3"]
+    assert (since.total_messages, since.truncated) == (3, False)
+    assert (since.last_sequence, since.session_epoch) == (3, first.session_epoch)
+    newest = await stub.GetHistory(H(session_id="s", after_sequence=1, limit=1), **call)
+    assert [m.content for m in newest.messages] == ["3"] and newest.truncated
+    current = await stub.GetHistory(H(session_id="s", after_sequence=3), **call)
+    assert (len(current.messages), current.truncated, current.last_sequence) == (0, False, 3)
+    # Deleted and created again: sequences restart, the epoch tells the cache apart.
+    await stub.DeleteSession(memory_pb2.DeleteSessionRequest(session_id="s"), **call)
+    reborn = await stub.BatchAppend(request, **call)
+    assert list(reborn.sequences) == [1, 2, 3] and not reborn.duplicate
+    assert reborn.session_epoch not in (0, first.session_epoch)
+    history = await stub.GetHistory(H(session_id="s"), **call)
+    assert (history.last_sequence, history.session_epoch) == (3, reborn.session_epoch)
+    missing = await stub.GetHistory(H(session_id="none", after_sequence=2), **call)
+    assert (missing.last_sequence, missing.session_epoch, len(missing.messages)) == (0, 0, 0)
+
+
+async def test_limits_and_default_tenant_come_from_settings(tmp_path):
+    settings = MeshSettings(
+        ingest={"default_tenant": "acme"},
+        memory={
+            "port": 0,
+            "data_dir": tmp_path,
+            "max_id_chars": 4,
+            "max_content_bytes": 8,
+            "max_batch_messages": 2,
+            "default_page_size": 2,
+            "max_page_size": 3,
+        },
+    )
+    async with serve(settings) as stub:
+        call = dict(metadata=T1, timeout=TIMEOUT)
+        A, B = memory_pb2.AppendRequest, memory_pb2.BatchAppendRequest
+        await expect_invalid(
+            stub.Append(A(session_id="abcde", message=chat("x")), **call), "session_id"
+        )
+        await expect_invalid(
+            stub.Append(A(session_id="s", message=chat("x"), idempotency_key="kkkkk"), **call),
+            "idempotency_key",
+        )
+        await expect_invalid(
+            stub.Append(A(session_id="s", message=chat("x" * 9)), **call), "message.content"
+        )
+        await expect_invalid(
+            stub.BatchAppend(B(session_id="s", messages=[chat("x")] * 3), **call), "messages"
+        )
+        await expect_invalid(
+            stub.ListSessions(memory_pb2.ListSessionsRequest(page_size=4), **call), "page_size"
+        )
+        for name in ("abcd", "b", "c"):
+            await stub.Append(A(session_id=name, message=chat("x" * 8)), **call)
+        await stub.BatchAppend(B(session_id="d", messages=[chat("1"), chat("2")]), **call)
+        page = await stub.ListSessions(memory_pb2.ListSessionsRequest(), **call)
+        assert [s.session_id for s in page.sessions] == ["abcd", "b"] and page.next_page_token
+        # No tenant metadata: the same default tenant as ingest's.
+        await stub.Append(A(session_id="s", message=chat("hi")), timeout=TIMEOUT)
+        acme = await stub.ListSessions(
+            memory_pb2.ListSessionsRequest(), metadata=((md.TENANT, "acme"),), timeout=TIMEOUT
+        )
+        assert [s.session_id for s in acme.sessions] == ["s"]

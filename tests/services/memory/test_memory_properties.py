@@ -1,4 +1,5 @@
-"""Property: after any appends, history is the newest window of what was appended, in order."""
+"""Property: after any appends, history is the newest window of what was appended, in order
+(or of what came after a sequence), and a key repeats only within its session."""
 
 from __future__ import annotations
 
@@ -21,37 +22,36 @@ operations = st.lists(
 )
 
 
-async def _check(window: int, ops, limit: int, budget: int) -> None:
+async def _check(window: int, ops, limit: int, budget: int, after: int) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         store = await MemoryStore.open(data_dir, window)
         try:
             model: dict[str, list[tuple[int, str, int]]] = {"s1": [], "s2": []}
-            keys: dict[str, tuple[str, list[int]]] = {}
+            keys: dict[tuple[str, str], list[int]] = {}  # (session, key) -> sequences
             counter = 0
             for session, tokens, key in ops:
-                if key and key in keys and keys[key][0] != session:
-                    continue  # reusing a key across sessions is rejected; tested elsewhere
                 batch = []
                 for t in tokens:
                     counter += 1
                     batch.append(Message(role=2, content=f"m{counter}x", token_count=t))
                 result = await store.append("t", session, batch, key)
-                if key in keys:
-                    assert result.duplicate and result.sequences == keys[key][1]
+                if (session, key) in keys:
+                    assert result.duplicate and result.sequences == keys[session, key]
                     continue
                 last = model[session][-1][0] if model[session] else 0
                 assert result.sequences == list(range(last + 1, last + 1 + len(batch)))
                 assert not result.duplicate
                 if key:
-                    keys[key] = (session, result.sequences)
+                    keys[session, key] = result.sequences
                 model[session] += [
                     (seq, m.content, m.token_count or 1)  # "mNx" estimates to 1 token
                     for seq, m in zip(result.sequences, batch, strict=True)
                 ]
             for session, appended in model.items():
                 window_items = appended[-window:]
-                history = await store.history("t", session, limit, budget)
-                expected = window_items[-limit:] if limit else window_items
+                newer = [item for item in window_items if item[0] > after]
+                history = await store.history("t", session, limit, budget, after)
+                expected = newer[-limit:] if limit else newer
                 if budget:
                     kept, used = [], 0
                     for item in reversed(expected):
@@ -65,7 +65,9 @@ async def _check(window: int, ops, limit: int, budget: int) -> None:
                 seqs = [m.sequence for m in history.messages]
                 assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
                 assert history.total_messages == len(window_items)
-                assert history.truncated == (len(expected) < len(window_items))
+                assert history.truncated == (len(expected) < len(newer))
+                assert history.last_sequence == (appended[-1][0] if appended else 0)
+                assert (history.session_epoch > 0) == bool(appended)
             stats = await store.stats("t")
             assert stats.messages == sum(min(len(v), window) for v in model.values())
             assert stats.tokens == sum(i[2] for v in model.values() for i in v[-window:])
@@ -79,6 +81,7 @@ async def _check(window: int, ops, limit: int, budget: int) -> None:
     ops=operations,
     limit=st.integers(min_value=0, max_value=8),
     budget=st.integers(min_value=0, max_value=30),
+    after=st.integers(min_value=0, max_value=20),
 )
-def test_history_is_newest_window_in_order(window, ops, limit, budget):
-    asyncio.run(_check(window, ops, limit, budget))
+def test_history_is_newest_window_in_order(window, ops, limit, budget, after):
+    asyncio.run(_check(window, ops, limit, budget, after))

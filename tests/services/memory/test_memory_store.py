@@ -7,7 +7,8 @@ import sqlite3
 
 import pytest
 
-from clawmesh.services.memory.store import DB_FILE, MemoryStore, Message, ToolCall, estimate_tokens
+from clawmesh.services.memory.records import Message, ToolCall, estimate_message_tokens
+from clawmesh.services.memory.store import DB_FILE, MemoryStore
 from clawmesh.shared.errors import InvalidArgument, NotFound
 
 USER, ASSISTANT = 2, 3
@@ -72,7 +73,7 @@ async def test_history_is_oldest_first_with_stored_fields(store):
     assert first.sequence == 1 and second.sequence == 2
     assert second.tool_calls == (call,)
     assert second.created_ns == 2000  # filled from the clock on the second append
-    assert second.token_count == estimate_tokens(second) == 4  # ceil(14 / 4)
+    assert second.token_count == estimate_message_tokens(second) == 4  # ceil(16 / 4)
 
 
 async def test_window_keeps_newest_and_sequences_are_never_reused(store):
@@ -100,12 +101,21 @@ async def test_idempotent_repeat_appends_nothing(store):
     assert (await store.append("u", "s", [msg("z")], idempotency_key="k1")).duplicate is False
 
 
-async def test_idempotency_key_reused_for_another_session_is_rejected(store):
-    await store.append("t", "s1", [msg("a")], idempotency_key="k")
-    with pytest.raises(InvalidArgument) as err:
-        await store.append("t", "s2", [msg("b")], idempotency_key="k")
-    assert err.value.violations[0].field == "idempotency_key"
-    assert (await store.history("t", "s2")).total_messages == 0
+async def test_idempotency_keys_are_scoped_to_the_session(store):
+    first = await store.append("t", "s1", [msg("a")], idempotency_key="k")
+    other = await store.append("t", "s2", [msg("b"), msg("c")], idempotency_key="k")
+    assert (first.sequences, first.duplicate) == ([1], False)
+    assert (other.sequences, other.duplicate) == ([1, 2], False)  # an independent append
+    again = await store.append("t", "s1", [msg("x")], idempotency_key="k")
+    assert (again.sequences, again.duplicate) == ([1], True)
+    again = await store.append("t", "s2", [msg("x")], idempotency_key="k")
+    assert (again.sequences, again.duplicate) == ([1, 2], True)
+    assert contents(await store.history("t", "s1")) == ["a"]
+    assert contents(await store.history("t", "s2")) == ["b", "c"]
+    # Deleting one session frees its key there only.
+    await store.delete_session("t", "s1")
+    assert (await store.append("t", "s1", [msg("y")], idempotency_key="k")).duplicate is False
+    assert (await store.append("t", "s2", [msg("y")], idempotency_key="k")).duplicate is True
 
 
 async def test_limit_and_token_budget_keep_newest(store):
@@ -157,7 +167,7 @@ async def test_list_sessions_pages_are_stable(store):
     info = page.sessions[0]
     assert (info.message_count, info.token_count) == (1, 3)
     assert info.created_ns == info.updated_ns > 0
-    everything = await store.list_sessions("t")
+    everything = await store.list_sessions("t", page_size=100)
     assert [s.session_id for s in everything.sessions] == ["s00", "s01", "s02", "s04", "s05"]
     assert everything.next_page_token == ""
 
@@ -165,21 +175,21 @@ async def test_list_sessions_pages_are_stable(store):
 async def test_list_sessions_updated_time_moves(store):
     await store.append("t", "s", [msg("a")])
     await store.append("t", "s", [msg("b")])
-    (info,) = (await store.list_sessions("t")).sessions
+    (info,) = (await store.list_sessions("t", page_size=10)).sessions
     assert (info.created_ns, info.updated_ns, info.message_count) == (1000, 2000, 2)
 
 
 @pytest.mark.parametrize("token", ["!!", "czE", "bm9wZQ", "czE6/w"])
 async def test_bad_page_token(store, token):
     with pytest.raises(InvalidArgument) as err:
-        await store.list_sessions("t", page_token=token)
+        await store.list_sessions("t", page_size=10, page_token=token)
     assert err.value.violations[0].field == "page_token"
 
 
 async def test_tenants_are_isolated(store):
     await store.append("t1", "s", [msg("secret")], idempotency_key="k")
     assert (await store.history("t2", "s")).messages == []
-    assert (await store.list_sessions("t2")).sessions == []
+    assert (await store.list_sessions("t2", page_size=10)).sessions == []
     with pytest.raises(NotFound):
         await store.delete_session("t2", "s")
     assert (await store.stats("t2")).sessions == 0
@@ -239,14 +249,20 @@ async def test_concurrent_appends_share_commits_and_each_is_acknowledged(store):
 
 
 async def test_a_failing_append_in_a_batch_fails_alone(store):
-    await store.append("t", "a", [msg("first")], idempotency_key="shared")
+    await store.append("t", "a", [msg("first")])
+    commits = store.commits
     ok, bad, ok2 = await asyncio.gather(
         store.append("t", "b", [msg("x")], idempotency_key="k1"),
-        store.append("t", "c", [msg("y")], idempotency_key="shared"),  # key of session a
+        # A lone surrogate cannot be encoded: fails after its session row was written.
+        store.append("t", "c", [msg("y"), msg("\ud800")], idempotency_key="k1"),
         store.append("t", "b", [msg("z")], idempotency_key="k2"),
         return_exceptions=True,
     )
-    assert isinstance(bad, InvalidArgument)
+    assert isinstance(bad, UnicodeEncodeError)
+    assert store.commits == commits + 1  # the three went into one transaction
     assert ok.sequences == [1] and ok2.sequences == [2]
     assert contents(await store.history("t", "b")) == ["x", "z"]
     assert contents(await store.history("t", "c")) == []
+    assert [s.session_id for s in (await store.list_sessions("t", 10)).sessions] == ["a", "b"]
+    # Nothing of the failed append stayed, not even its key.
+    assert (await store.append("t", "c", [msg("y")], idempotency_key="k1")).duplicate is False
