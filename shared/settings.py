@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "CLAWMESH_"
 CONFIG_ENV = "CLAWMESH_CONFIG"
@@ -45,6 +45,11 @@ class ServerSettings(_Strict):
     grace_period_s: float = Field(10.0, gt=0, description="SIGTERM drain time")
     max_concurrent_rpcs: int | None = Field(None, ge=1, description="hard in-flight cap")
     max_connection_age_s: float = Field(300.0, gt=0, description="clients re-resolve after")
+    max_connection_age_grace_s: float = Field(
+        120.0, gt=0,
+        description="an aged connection's streams may finish within this; must exceed "
+        "stream_max_age_s + call_timeout_s so an Exchange stream is never cut mid-call",
+    )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     def target(self) -> str:
@@ -94,6 +99,9 @@ class MemorySettings(ServerSettings):
     max_batch_messages: int = Field(100, ge=1, description="messages in one BatchAppend")
     default_page_size: int = Field(100, ge=1, description="ListSessions page size when 0")
     max_page_size: int = Field(1000, ge=1, description="largest ListSessions page size allowed")
+    inline_reads: bool = Field(
+        True, description="run reads on the event loop (bounded, WAL: no thread hop per read)"
+    )
 
 
 class MetricsSettings(ServerSettings):
@@ -127,6 +135,17 @@ class MeshSettings(_Strict):
     provider: ProviderSettings = ProviderSettings()
     memory: MemorySettings = MemorySettings()
     metrics: MetricsSettings = MetricsSettings()
+
+    @model_validator(mode="after")
+    def _streams_outlive_their_calls(self) -> MeshSettings:
+        needed = self.stream_max_age_s + self.call_timeout_s
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, ServerSettings) and section.max_connection_age_grace_s <= needed:
+                raise ValueError(
+                    f"{name}.max_connection_age_grace_s ({section.max_connection_age_grace_s:g}) "
+                    f"must exceed stream_max_age_s + call_timeout_s ({needed:g})")
+        return self
 
     def server(self, service: str) -> ServerSettings:
         """The server section of ``service`` (``ingest``, ``memory`` ...)."""
@@ -190,7 +209,7 @@ def load_settings(env: Mapping[str, str], config_file: str | Path | None = None)
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            where = env_name(loc)
+            where = env_name(loc) if loc else "settings"
             if path and _lookup(file_tree, loc) is not None and _lookup(env_tree, loc) is None:
                 where = f"{path}: {'.'.join(map(str, loc))}"
             problems.append(f"{where}: {err['msg']}")

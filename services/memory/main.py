@@ -19,7 +19,8 @@ SERVICE_NAME = "clawmesh.memory.v1.MemoryService"
 async def build(settings: MeshSettings, stats=None) -> MeshServer:
     """Open the store and build (not start) the server; stopping the server closes the store."""
     config = settings.memory
-    store = await MemoryStore.open(config.data_dir, config.max_messages_per_session)
+    store = await MemoryStore.open(config.data_dir, config.max_messages_per_session,
+                                   inline_reads=config.inline_reads)
     # The tenant is decided at the edge; called directly, memory falls back to ingest's default.
     servicer = MemoryServiceServicer(store, config, settings.ingest.default_tenant)
     try:

@@ -51,12 +51,17 @@ class MemoryStore:
     Build with ``await MemoryStore.open(data_dir, max_messages_per_session)``.
     """
 
-    def __init__(self, max_messages_per_session: int, clock: Callable[[], int] = time.time_ns):
+    def __init__(self, max_messages_per_session: int, clock: Callable[[], int] = time.time_ns,
+                 inline_reads: bool = False):
         if max_messages_per_session < 1:
             raise ValueError("max_messages_per_session must be >= 1")
         self.max_messages = max_messages_per_session
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-write")
+        # Inline: reads run on the event loop's thread. A bounded indexed read in WAL
+        # mode takes tens of µs and never waits for the writer; a thread hop costs
+        # more CPU than that (two wake-ups and a handoff per read).
+        self.inline_reads = inline_reads
         self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-read")
         self._db: sqlite3.Connection | None = None
         self._rdb: sqlite3.Connection | None = None
@@ -70,9 +75,10 @@ class MemoryStore:
         data_dir: Path | str,
         max_messages_per_session: int,
         clock: Callable[[], int] = time.time_ns,
+        inline_reads: bool = False,
     ) -> MemoryStore:
         """Create ``data_dir`` if needed and open (or create) the database in it."""
-        store = cls(max_messages_per_session, clock)
+        store = cls(max_messages_per_session, clock, inline_reads)
         try:
             await store._run(store._connect, Path(data_dir))
             await store._read(store._connect_reader, Path(data_dir))
@@ -166,6 +172,8 @@ class MemoryStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _read(self, fn, *args):
+        if self.inline_reads:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._read_executor, fn, *args)
 
     async def _query(self, fn, *args):

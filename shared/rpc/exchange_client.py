@@ -84,6 +84,9 @@ class _Stream:
         try:
             while True:
                 await self.wake.wait()
+                # One more turn of the loop: calls started by the same burst of
+                # ready callbacks join this write instead of waiting for the next.
+                await asyncio.sleep(0)
                 self.wake.clear()
                 if self.out:
                     batch, self.out = self.out, []
@@ -100,6 +103,9 @@ class _Stream:
         try:
             async for response in self.call:
                 for frame in response.frames:
+                    if frame.call_id == 0:  # the server is draining: no new calls here
+                        self.draining = True
+                        continue
                     waiter = self.waiting.get(frame.call_id)
                     if waiter is None:
                         continue  # a call that was cancelled or timed out here

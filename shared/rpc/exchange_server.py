@@ -104,6 +104,14 @@ def _end(call_id: int, code: grpc.StatusCode, message: str, trailing=()) -> Fram
     return frame
 
 
+def goaway_frame() -> Frame:
+    """Call id 0: "this stream takes no new calls" (the server is draining)."""
+    frame = Frame(call_id=0, kind=END)
+    frame.status.code = grpc.StatusCode.UNAVAILABLE.value[0]
+    frame.status.message = "server draining: open a new stream"
+    return frame
+
+
 class _Session:
     """One Exchange stream being served."""
 
@@ -115,6 +123,10 @@ class _Session:
         self.wake = asyncio.Event()
         self.calls: dict[int, asyncio.Task] = {}
         self.reading = True
+
+    def goaway(self) -> None:
+        """Draining: tell the client to take new calls elsewhere; open calls finish here."""
+        self.emit(goaway_frame())
 
     def emit(self, frame: Frame) -> None:
         self.out.append(frame)
@@ -202,6 +214,7 @@ class _Session:
         try:
             while True:
                 await self.wake.wait()
+                await asyncio.sleep(0)  # let answers finishing in this turn join the write
                 self.wake.clear()
                 if self.out:
                     batch, self.out = self.out, []
@@ -216,14 +229,33 @@ class _Session:
                 task.cancel()
 
 
-def exchange_handler(handlers: dict[str, grpc.RpcMethodHandler],
-                     exchange: grpc.RpcMethodHandler, response_class) -> grpc.RpcMethodHandler:
+class Sessions:
+    """The Exchange streams a server is serving, so a graceful stop can drain them."""
+
+    def __init__(self) -> None:
+        self.open: set[_Session] = set()
+        self.draining = False
+
+    def drain(self) -> None:
+        self.draining = True
+        for session in self.open:
+            session.goaway()
+
+
+def exchange_handler(handlers: dict[str, grpc.RpcMethodHandler], exchange: grpc.RpcMethodHandler,
+                     response_class, sessions: Sessions) -> grpc.RpcMethodHandler:
     """The Exchange method of a service whose (wrapped) methods are ``handlers``."""
 
     async def behavior(request_iterator, context):
         session = _Session(handlers, response_class, context.peer())
-        async for response in session.serve(request_iterator):
-            yield response
+        sessions.open.add(session)
+        if sessions.draining:
+            session.goaway()
+        try:
+            async for response in session.serve(request_iterator):
+                yield response
+        finally:
+            sessions.open.discard(session)
 
     return grpc.stream_stream_rpc_method_handler(
         behavior, request_deserializer=exchange.request_deserializer,
@@ -231,4 +263,4 @@ def exchange_handler(handlers: dict[str, grpc.RpcMethodHandler],
     )
 
 
-__all__ = ["ExchangeAbort", "ExchangeContext", "exchange_handler"]
+__all__ = ["ExchangeAbort", "ExchangeContext", "Sessions", "exchange_handler"]

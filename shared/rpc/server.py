@@ -26,7 +26,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from clawmesh.shared.rpc.chain import HandlerInterceptor, wrap_method
-from clawmesh.shared.rpc.exchange_server import exchange_handler
+from clawmesh.shared.rpc.exchange_server import Sessions, exchange_handler
 from clawmesh.shared.rpc.reflection import _Capture, enable_reflection
 from clawmesh.shared.settings import ServerSettings
 
@@ -49,7 +49,7 @@ class MeshServer:
         self.service_names = list(service_names)
         options = [
             ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             # Accept the clients' 20 s keepalive pings.
@@ -61,6 +61,7 @@ class MeshServer:
             options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs
         )
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}  # full method -> wrapped handler
+        self.sessions = Sessions()  # open Exchange streams
         capture = _Capture()
         for add, servicer in servicers:
             add(servicer, capture)
@@ -85,7 +86,8 @@ class MeshServer:
             response_class = message_factory.GetMessageClass(
                 desc.methods_by_name["Exchange"].output_type)
             by_path = {f"/{service}/{n}": h for n, h in wrapped.items() if n != "Exchange"}
-            wrapped["Exchange"] = exchange_handler(by_path, handlers["Exchange"], response_class)
+            wrapped["Exchange"] = exchange_handler(by_path, handlers["Exchange"], response_class,
+                                                   self.sessions)
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, wrapped),))
         self.server.add_registered_method_handlers(service, wrapped)
@@ -109,6 +111,9 @@ class MeshServer:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        # Exchange streams are long-lived: ask their clients to send new calls
+        # elsewhere; the calls already sent finish here, then the streams close.
+        self.sessions.drain()
         grace = self.settings.grace_period_s if grace_s is None else grace_s
         await self.server.stop(grace)
         for closer in reversed(self._closers):

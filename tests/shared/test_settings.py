@@ -59,3 +59,18 @@ def test_json_values_in_env_are_parsed():
 def test_server_lookup_rejects_unknown_service():
     with pytest.raises(SettingsError, match="unknown service"):
         MeshSettings().server("gateway")
+
+
+def test_streams_must_end_before_an_aged_connection_is_cut():
+    with pytest.raises(SettingsError, match=r"ingest.max_connection_age_grace_s \(120\) must exceed"):
+        load_settings({"CLAWMESH_STREAM_MAX_AGE_S": "200"})
+    ok = load_settings({"CLAWMESH_STREAM_MAX_AGE_S": "200", "CLAWMESH_CALL_TIMEOUT_S": "10",
+                        **{f"CLAWMESH_{s}__MAX_CONNECTION_AGE_GRACE_S": "300"
+                           for s in ("INGEST", "ROUTING", "PROVIDER", "MEMORY", "METRICS")}})
+    assert ok.stream_max_age_s == 200
+
+
+def test_transport_setting_is_checked():
+    assert load_settings({}).internal_transport == "stream"
+    with pytest.raises(SettingsError, match="CLAWMESH_INTERNAL_TRANSPORT"):
+        load_settings({"CLAWMESH_INTERNAL_TRANSPORT": "carrier-pigeon"})

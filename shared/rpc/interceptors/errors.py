@@ -21,8 +21,10 @@ class ErrorInterceptor(HandlerInterceptor):
             log.exception("unhandled error in handler")
         status = status_of(exc)
         code = CODES.get(status.code, grpc.StatusCode.UNKNOWN)
-        details = ((md.STATUS_DETAILS, status.SerializeToString()),)
-        await context.abort(code, status.message, trailing_metadata=details)
+        # Keep what the handler already put in the trailers (e.g. the request id).
+        trailing = (*(context.trailing_metadata() or ()),
+                    (md.STATUS_DETAILS, status.SerializeToString()))
+        await context.abort(code, status.message, trailing_metadata=trailing)
 
     async def unary(self, method, call_next, request, context):
         try:

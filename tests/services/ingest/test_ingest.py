@@ -193,9 +193,9 @@ async def test_same_channel_message_id_in_two_sessions_is_two_messages(ingest):
         assert "0 earlier turn(s)" in response.reply.content
 
 
-async def test_submit_returns_the_request_id_in_initial_metadata(ingest):
+async def test_submit_returns_the_request_id_in_its_metadata(ingest):
     call = ingest.Submit(ingest_pb2.SubmitRequest(message=inbound()), timeout=5)
     response = await call
-    initial = dict(await call.initial_metadata())
-    assert initial["x-clawmesh-request-id"] == response.reply.request_id
+    trailing = dict(await call.trailing_metadata())
+    assert trailing["x-clawmesh-request-id"] == response.reply.request_id
     assert len(response.reply.request_id) == 32

@@ -29,9 +29,10 @@ def msg(content: str, tokens: int = 0, role: int = USER) -> Message:
     return Message(role=role, content=content, token_count=tokens)
 
 
-@pytest.fixture
-async def store(tmp_path):
-    s = await MemoryStore.open(tmp_path / "data", max_messages_per_session=5, clock=Clock())
+@pytest.fixture(params=[False, True], ids=["thread-reads", "inline-reads"])
+async def store(request, tmp_path):
+    s = await MemoryStore.open(tmp_path / "data", max_messages_per_session=5, clock=Clock(),
+                               inline_reads=request.param)
     yield s
     await s.close()
 

@@ -225,3 +225,33 @@ async def test_unary_transport_is_interchangeable(served):
     client = ProviderClient(UnaryTransport(channel), client_chain(5.0, 0.0))
     got = await client.unary("Generate", request("u"), {"x-clawmesh-tenant": "t"})
     assert got.message.content == "p|u|t|"
+
+
+async def test_graceful_stop_drains_streams_without_failing_a_call():
+    servicer = Provider()
+    server = await start(servicer)
+    channel = grpc.aio.insecure_channel(server.address)
+    transport = ExchangeTransport(channel, SERVICE, streams=1)
+    client = ProviderClient(transport, client_chain(5.0, 0.0))
+    loop = asyncio.get_running_loop()
+    try:
+        await client.generate(request("warm"))  # the stream is open
+        held = asyncio.ensure_future(client.generate(request("hold")))
+        await servicer.holding.wait()
+        started = loop.time()
+        stopping = asyncio.ensure_future(server.stop(30))
+        while not transport.slots[0].draining:  # the GOAWAY frame arrived
+            assert loop.time() - started < 5
+            await asyncio.sleep(0.01)
+        servicer.release.set()
+        assert (await held).message.content == "p|hold||"  # the open call finished
+        await stopping
+        # The stream closed when its last call ended: no wait for the 30 s grace.
+        assert loop.time() - started < 5
+        with pytest.raises(grpc.aio.AioRpcError) as err:  # new calls: no server here
+            await client.generate(request("late"))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await transport.close()
+        await channel.close()
+        await server.stop(0)
