@@ -34,10 +34,16 @@ def decode_turns(messages) -> list[Turn]:
 
 
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
+    """``clawmesh.provider.v1.ProviderService`` over the ``Provider`` core.
+
+    An unknown backend or role, or no messages: INVALID_ARGUMENT naming the field.
+    """
+
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
 
     async def Generate(self, request, context):
+        """One completion of ``messages`` on the requested (or default) backend."""
         info, gen = await self.provider.generate(
             request.backend, request.model, decode_turns(request.messages),
             request.params.max_tokens,
@@ -57,6 +63,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
     async def GenerateStream(self, request, context):
+        """The completion in pieces; the last response is ``final`` with usage."""
         turns = decode_turns(request.messages)
         backend, chunks = self.provider.stream(
             request.backend, request.model, turns, request.params.max_tokens
@@ -81,6 +88,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
     async def ListBackends(self, request, context):
+        """Every configured backend with its health and breaker state."""
         return provider_pb2.ListBackendsResponse(
             backends=[
                 provider_pb2.BackendStatus(

@@ -15,14 +15,22 @@ def encode_route(route: Route) -> routing_pb2.RouteDecision:
 
 
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
+    """``clawmesh.routing.v1.RoutingService`` over the ``Router`` core.
+
+    Its dependencies' failures pass through with their own status (e.g.
+    UNAVAILABLE when memory or provider is down, DEADLINE_EXCEEDED).
+    """
+
     def __init__(self, router: Router) -> None:
         self.router = router
 
     async def Dispatch(self, request, context):
+        """Answer one message: history, generation, the stored turn; the reply and its route."""
         reply, route = await self.router.dispatch(request.message)
         return routing_pb2.DispatchResponse(reply=reply, route=encode_route(route))
 
     async def DispatchStream(self, request, context):
+        """As Dispatch, streaming the reply; the route rides on the first chunk."""
         async for chunk, route in self.router.dispatch_stream(request.message):
             response = routing_pb2.DispatchStreamResponse(chunk=chunk)
             if route is not None:
@@ -30,4 +38,5 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
             yield response
 
     async def Explain(self, request, context):
+        """The route a message would take; calls nothing, stores nothing."""
         return routing_pb2.ExplainResponse(route=encode_route(self.router.decide(request.message)))
