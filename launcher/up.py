@@ -51,10 +51,17 @@ async def run_up(env: dict[str, str]) -> int:
             await asyncio.wait_for(stop.wait(), timeout=0.5)
         except TimeoutError:
             pass
-    print("\nstopping ClawMesh (draining in-flight requests) ...", file=sys.stderr)
+    # Edge first, one at a time: each service drains its in-flight calls while the
+    # services it depends on are still up (see MeshProcesses.stop).
+    print(
+        "\nstopping ClawMesh: " + ", ".join(reversed(START_ORDER))
+        + " (each drains its in-flight requests, then the next) ...",
+        file=sys.stderr, flush=True,
+    )
     codes = await mesh.stop()
-    bad = {n: c for n, c in codes.items() if c not in (0, None)}
+    bad = {n: c for n, c in codes.items() if c != 0}
     if bad and code == 0:
         print(f"clawmesh up: unclean exits: {bad}", file=sys.stderr)
+        code = 1
     print("stopped.", file=sys.stderr)
     return code

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping
 
 import grpc
 import pytest
@@ -16,9 +18,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from clawmesh.common.v1 import common_pb2
 from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from clawmesh.launcher.mesh import START_ORDER, MeshProcesses, child_env, health_status
-from clawmesh.launcher.runner import SERVICE_NAMES
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from clawmesh.services.registry import by_name
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.system
@@ -41,6 +43,38 @@ def message(text: str, session: str = "sys-1", msg_id: str = "") -> common_pb2.I
         channel="telegram", sender="alice", session_id=session, content=text,
         channel_message_id=msg_id or text,
     )
+
+
+def watch_exits(pids: Mapping[str, int]) -> tuple[dict[str, float], Callable[[], None]]:
+    """Record when each process exits (monotonic time), as it happens: a pidfd becomes
+    readable when its process exits, whoever reaps it. Returns (exit times, unwatch)."""
+    loop = asyncio.get_running_loop()
+    exits: dict[str, float] = {}
+    fds: dict[str, int] = {}
+
+    def on_exit(name: str) -> None:
+        exits.setdefault(name, time.monotonic())
+        loop.remove_reader(fds[name])
+
+    for name, pid in pids.items():
+        fds[name] = os.pidfd_open(pid)
+        loop.add_reader(fds[name], on_exit, name)
+
+    def unwatch() -> None:
+        for fd in fds.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+
+    return exits, unwatch
+
+
+def assert_stopped_edge_first(exits: Mapping[str, float]) -> None:
+    """ingest, then routing, then provider and memory, then metrics."""
+    assert set(exits) == set(START_ORDER), exits
+    by_time = sorted(exits, key=exits.__getitem__)
+    assert by_time[:2] == ["ingest", "routing"], by_time
+    assert set(by_time[2:4]) == {"provider", "memory"}, by_time
+    assert by_time[4] == "metrics", by_time
 
 
 @pytest.fixture
@@ -95,7 +129,7 @@ async def test_every_service_is_serving_and_reflects_its_api(mesh):
     for name in START_ORDER:
         async with grpc.aio.insecure_channel(mesh.target(name)) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            for service in ("", SERVICE_NAMES[name]):
+            for service in ("", by_name(name).grpc_name):
                 reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING, (name, service)
             reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -103,7 +137,7 @@ async def test_every_service_is_serving_and_reflects_its_api(mesh):
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
             )
             listed = {s.name async for r in call for s in r.list_services_response.service}
-            assert {SERVICE_NAMES[name], "grpc.health.v1.Health"} <= listed, name
+            assert {by_name(name).grpc_name, "grpc.health.v1.Health"} <= listed, name
 
 
 async def test_metrics_sees_every_services_requests(mesh):
@@ -127,7 +161,8 @@ async def test_metrics_sees_every_services_requests(mesh):
             assert loop.time() < deadline, snap
             await asyncio.sleep(0.1)
     ingest_snap = by_name["ingest"]
-    assert ingest_snap.request_count == 5 and ingest_snap.error_count == 1
+    # INVALID_ARGUMENT is the caller's fault, not a server error (counted by code only).
+    assert ingest_snap.request_count == 5 and ingest_snap.error_count == 0
     [submit] = [m for m in ingest_snap.methods if m.method.endswith("/Submit")]
     assert dict(submit.status_counts) == {"OK": 4, "INVALID_ARGUMENT": 1}
     assert 0 < submit.latency.p50_ms <= submit.latency.p99_ms
@@ -184,4 +219,33 @@ async def test_sigterm_drains_in_flight_refuses_new_and_exits_zero(tmp_path):
                 assert await call.code() == grpc.StatusCode.OK
         assert await mesh.wait_exit("ingest", 15) == 0
     finally:
+        await mesh.stop()
+
+
+async def test_stop_goes_edge_first_and_in_flight_requests_complete(tmp_path):
+    mesh = MeshProcesses(mesh_env(tmp_path, CLAWMESH_PROVIDER__MOCK_LATENCY_MS="1000"))
+    await mesh.start()
+    exits, unwatch = watch_exits({name: proc.pid for name, proc in mesh.procs.items()})
+    try:
+        async with grpc.aio.insecure_channel(mesh.target("ingest")) as channel:
+            call = ingest_pb2_grpc.IngestServiceStub(channel).SubmitStream(
+                ingest_pb2.SubmitStreamRequest(message=message("in flight", session="stop-1")), timeout=20
+            )
+            # Initial metadata arrives once ingest has admitted the message: now in flight
+            # (routing, memory and provider still have work to do for it).
+            assert dict(await call.initial_metadata())["x-clawmesh-request-id"]
+            stopping = asyncio.create_task(mesh.stop())
+            chunks = [r.chunk async for r in call]
+            assert await call.code() == grpc.StatusCode.OK
+            assert chunks[-1].final and 'you said "in flight"' in chunks[-1].reply.content
+        codes = await asyncio.wait_for(stopping, 30)
+        assert codes == dict.fromkeys(START_ORDER, 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while len(exits) < len(START_ORDER):  # the pidfd callbacks run on this loop
+            assert loop.time() < deadline, exits
+            await asyncio.sleep(0.01)
+        assert_stopped_edge_first(exits)
+    finally:
+        unwatch()
         await mesh.stop()
