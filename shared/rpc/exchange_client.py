@@ -236,8 +236,25 @@ class ExchangeTransport:
         self.slots: list[_Stream | None] = [None] * streams
         self.turn = itertools.cycle(range(streams))
         self.retired: set[_Stream] = set()
+        self._sticky: _Stream | None = None
 
     def _stream(self) -> _Stream:
+        # Calls started in the same turn of the event loop share a stream (and so a
+        # write); the next turn moves on to the next stream. Round-robin per turn keeps
+        # the spread over streams (and replicas) without splitting bursts into many
+        # small writes.
+        sticky = self._sticky
+        if sticky is not None and sticky.dead is None and not sticky.draining:
+            return sticky
+        stream = self._next()
+        self._sticky = stream
+        asyncio.get_running_loop().call_soon(self._unstick)
+        return stream
+
+    def _unstick(self) -> None:
+        self._sticky = None
+
+    def _next(self) -> _Stream:
         slot = next(self.turn)
         stream = self.slots[slot]
         if stream is None or not stream.usable(self.max_age_s):
