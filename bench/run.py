@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from clawmesh.launcher.mesh import START_ORDER, MeshProcesses, child_env, health_status
-from clawmesh.shared.settings import SERVICES
+from clawmesh.services.registry import NAMES as SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 LEAN = Path(__file__).resolve().parent / "lean_client.py"

@@ -15,6 +15,7 @@ Settings come from CLAWMESH_* variables and an optional YAML file
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import os
 import sys
@@ -38,7 +39,7 @@ def cmd_up(args) -> int:
     from clawmesh.launcher.up import run_up
 
     env = dict(os.environ)
-    if args.config:
+    if getattr(args, "config", None):
         env[CONFIG_ENV] = os.path.abspath(args.config)
     return asyncio.run(run_up(env))
 
@@ -149,9 +150,14 @@ def cmd_load(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clawmesh", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help=f"YAML settings file (default: ${CONFIG_ENV})")
+    # --config is accepted before or after the command (`clawmesh config check --config F`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help=f"YAML settings file (default: ${CONFIG_ENV})")
+    parser = argparse.ArgumentParser(prog="clawmesh", description=__doc__.split("\n")[0],
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, parents=[common])
 
     sub.add_parser("up", help="run the whole mesh on localhost").set_defaults(func=cmd_up)
     p = sub.add_parser("serve", help="run one service")

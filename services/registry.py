@@ -14,6 +14,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_metrics_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace_pb2
+
 from clawmesh.ingest.v1 import ingest_pb2
 from clawmesh.memory.v1 import memory_pb2
 from clawmesh.metrics.v1 import metrics_pb2
@@ -47,8 +50,8 @@ def _full(module, service: str) -> str:
 REGISTRY: tuple[ServiceSpec, ...] = (
     ServiceSpec("metrics", (
         _full(metrics_pb2, "MetricsService"),
-        "opentelemetry.proto.collector.metrics.v1.MetricsService",
-        "opentelemetry.proto.collector.trace.v1.TraceService",
+        _full(otlp_metrics_pb2, "MetricsService"),  # OTLP receivers: a Collector's API
+        _full(otlp_trace_pb2, "TraceService"),
     ), "clawmesh.services.metrics.main:build"),
     ServiceSpec("memory", (_full(memory_pb2, "MemoryService"),), "clawmesh.services.memory.main:build"),
     ServiceSpec("provider", (_full(provider_pb2, "ProviderService"),),

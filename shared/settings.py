@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 ENV_PREFIX = "CLAWMESH_"
 CONFIG_ENV = "CLAWMESH_CONFIG"
-SERVICES = ("ingest", "routing", "provider", "memory", "metrics")
 
 
 class SettingsError(ValueError):

@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clawmesh.services.registry import NAMES as SERVICES
+from clawmesh.shared.settings import MeshSettings
 from tests.conftest import ROOT
 from tests.readme_blocks import Block, fenced_blocks, shell_commands
 
@@ -34,8 +36,7 @@ pytestmark = pytest.mark.system
 
 VENV_BIN = ROOT / ".venv" / "bin"
 NODE_MODULES = ROOT / ".tools" / "node_modules"
-SERVICES = ("ingest", "routing", "provider", "memory", "metrics")
-DEFAULT_PORTS = dict(zip(SERVICES, range(50051, 50056), strict=True))
+DEFAULT_PORTS = {name: MeshSettings().server(name).port for name in SERVICES}
 BANNER_END = "Ctrl-C stops the mesh"
 
 # Commands the test does not run, with the reason. Keep this tiny.

@@ -9,11 +9,10 @@ from __future__ import annotations
 from clawmesh.memory.v1 import memory_pb2_grpc
 from clawmesh.services.memory.servicer import MemoryServiceServicer
 from clawmesh.services.memory.store import MemoryStore
+from clawmesh.services.registry import by_name
 from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import MeshServer, create_server
 from clawmesh.shared.settings import MeshSettings
-
-SERVICE_NAME = "clawmesh.memory.v1.MemoryService"
 
 
 async def build(settings: MeshSettings, stats=None) -> MeshServer:
@@ -27,7 +26,7 @@ async def build(settings: MeshSettings, stats=None) -> MeshServer:
         server = create_server(
             config,
             [(memory_pb2_grpc.add_MemoryServiceServicer_to_server, servicer)],
-            [SERVICE_NAME],
+            by_name("memory").grpc_services,
             server_chain(stats),
         )
     except BaseException:

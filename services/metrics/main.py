@@ -14,13 +14,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from clawmesh.metrics.v1 import metrics_pb2_grpc
 from clawmesh.services.metrics.aggregator import MetricsAggregator, SpanLog
 from clawmesh.services.metrics.servicer import OtlpMetricsServicer, OtlpTraceServicer, SnapshotServicer
+from clawmesh.services.registry import by_name
 from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import MeshServer, create_server
 from clawmesh.shared.settings import MeshSettings
 
 OTLP_METRICS = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 OTLP_TRACE = "opentelemetry.proto.collector.trace.v1.TraceService"
-SERVICE_NAMES = ["clawmesh.metrics.v1.MetricsService", OTLP_METRICS, OTLP_TRACE]
 
 
 def _add_unary(service: str, method: str, fn, request_cls, response_cls, server) -> None:
@@ -81,6 +81,6 @@ async def build(
             (add_otlp_metrics_servicer, OtlpMetricsServicer(aggregator)),
             (add_otlp_trace_servicer, OtlpTraceServicer(spans)),
         ],
-        SERVICE_NAMES,
+        by_name("metrics").grpc_services,
         server_chain(stats),
     )

@@ -136,3 +136,12 @@ async def test_ctrl_c_stops_services_edge_first_and_in_flight_requests_complete(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_config_file_is_accepted_before_or_after_the_command():
+    from clawmesh.launcher.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["--config", "f.yaml", "config", "check"], ["config", "check", "--config", "f.yaml"]):
+        assert parser.parse_args(argv).config == "f.yaml", argv
+    assert getattr(parser.parse_args(["config", "check"]), "config", None) is None
