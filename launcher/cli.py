@@ -15,8 +15,8 @@ Settings come from CLAWMESH_* variables and an optional YAML file
 from __future__ import annotations
 
 import argparse
-import functools
 import asyncio
+import functools
 import os
 import sys
 import uuid

@@ -196,9 +196,10 @@ CHECKS: list[tuple[str, Callable[[str, str], None]]] = [
     (r"\bclawmesh\b.*\bsend\b", _check_send),
     (r"\bclawmesh\b.*\bchat\b", _check_chat),
     (r"\bclawmesh\b.*\bhealth\b", _check_health),
-    (r"^grpcurl\b.*\slist$", _check_grpcurl_list),
-    (r"^grpcurl\b.*\sclawmesh\.ingest\.v1\.IngestService/Submit$", _check_grpcurl_submit),
-    (r"^grpcurl\b.*\sgrpc\.health\.v1\.Health/Check$", _check_grpcurl_health),
+    (r"^(\.venv/bin/)?grpcurl\b.*\slist$", _check_grpcurl_list),
+    (r"^(\.venv/bin/)?grpcurl\b.*\sclawmesh\.ingest\.v1\.IngestService/Submit$",
+     _check_grpcurl_submit),
+    (r"^(\.venv/bin/)?grpcurl\b.*\sgrpc\.health\.v1\.Health/Check$", _check_grpcurl_health),
 ]
 
 
