@@ -53,6 +53,15 @@ def _failure(frame: Frame) -> grpc.aio.AioRpcError:
                   grpc.aio.Metadata(*trailing))
 
 
+class _Expired(Exception):
+    """A logical call's timeout fired before its answer came."""
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
 class _Stream:
     """One Exchange stream and the calls open on it."""
 
@@ -72,7 +81,7 @@ class _Stream:
         self.wake = asyncio.Event()
         self.dead: grpc.aio.AioRpcError | None = None
         self.draining = False
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self.writer = loop.create_task(self._write())
         self.reader = loop.create_task(self._read())
 
@@ -164,21 +173,23 @@ class _Stream:
 
     async def unary(self, call: Call):
         call_id = next(self.ids)
-        future = asyncio.get_running_loop().create_future()
+        future = self.loop.create_future()
         self.waiting[call_id] = future
         self.send(self._request(call, call_id))
+        # A timer on the future rather than asyncio.timeout(): no task lookups per call.
+        timer = None if call.timeout is None else self.loop.call_later(
+            call.timeout, _expire, future)
         try:
-            if call.timeout is None:
-                frame = await future
-            else:
-                async with asyncio.timeout(call.timeout):
-                    frame = await future
-        except TimeoutError:
+            frame = await future
+        except _Expired:
             self.forget(call_id)
             raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except asyncio.CancelledError:
             self.forget(call_id)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if frame.status.code:
             raise _failure(frame)
         return call.response_class.FromString(frame.payload)
@@ -188,7 +199,7 @@ class _Stream:
         queue: asyncio.Queue = asyncio.Queue()
         self.waiting[call_id] = queue
         self.send(self._request(call, call_id))
-        deadline = None if call.timeout is None else asyncio.get_running_loop().time() + call.timeout
+        deadline = None if call.timeout is None else self.loop.time() + call.timeout
         finished = False
         try:
             while True:
@@ -248,7 +259,7 @@ class ExchangeTransport:
             return sticky
         stream = self._next()
         self._sticky = stream
-        asyncio.get_running_loop().call_soon(self._unstick)
+        stream.loop.call_soon(self._unstick)
         return stream
 
     def _unstick(self) -> None:

@@ -122,7 +122,9 @@ class _Session:
         self.out: list[Frame] = []
         self.wake = asyncio.Event()
         self.calls: dict[int, asyncio.Task] = {}
+        self.expired: set[int] = set()
         self.reading = True
+        self.loop = asyncio.get_running_loop()
 
     def goaway(self) -> None:
         """Draining: tell the client to take new calls elsewhere; open calls finish here."""
@@ -153,31 +155,29 @@ class _Session:
             what = "unknown method" if handler is None else "not callable on Exchange"
             self.emit(_end(call_id, grpc.StatusCode.UNIMPLEMENTED, f"{frame.method}: {what}"))
             return
-        deadline = time.monotonic() + frame.timeout_us / 1e6 if frame.timeout_us else None
-        ctx = ExchangeContext(dict(frame.metadata), deadline, self.peer)
-        task = asyncio.get_running_loop().create_task(self.run(call_id, handler, frame.payload, ctx))
+        timeout = frame.timeout_us / 1e6
+        ctx = ExchangeContext(dict(frame.metadata), time.monotonic() + timeout if timeout else None,
+                              self.peer)
+        task = self.loop.create_task(self.run(call_id, handler, frame.payload, ctx))
         self.calls[call_id] = task
-        task.add_done_callback(lambda _t, cid=call_id: self._finished(cid))
+        timer = self.loop.call_later(timeout, self._expire, call_id) if timeout else None
+        task.add_done_callback(lambda _t, cid=call_id, t=timer: self._finished(cid, t))
 
-    def _finished(self, call_id: int) -> None:
+    def _expire(self, call_id: int) -> None:
+        task = self.calls.get(call_id)
+        if task is not None:
+            self.expired.add(call_id)
+            task.cancel()
+
+    def _finished(self, call_id: int, timer) -> None:
+        if timer is not None:
+            timer.cancel()
         self.calls.pop(call_id, None)
+        self.expired.discard(call_id)
         if not self.reading and not self.calls:
             self.wake.set()
 
     async def run(self, call_id: int, handler, payload: bytes, ctx: ExchangeContext) -> None:
-        timer = None
-        expired = False
-        if ctx.deadline is not None:
-            task = asyncio.current_task()
-
-            def expire() -> None:
-                nonlocal expired
-                expired = True
-                task.cancel()
-
-            timer = asyncio.get_running_loop().call_at(
-                asyncio.get_running_loop().time() + max(ctx.deadline - time.monotonic(), 0), expire
-            )
         try:
             try:
                 request = handler.request_deserializer(payload)
@@ -198,19 +198,16 @@ class _Session:
             self.emit(_end(call_id, ctx.code() or grpc.StatusCode.UNKNOWN, ctx.details(),
                            ctx.trailing_metadata()))
         except asyncio.CancelledError:
-            if expired:
+            if call_id in self.expired:
                 self.emit(_end(call_id, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
             else:  # the caller cancelled: it is no longer listening
                 self.emit(_end(call_id, grpc.StatusCode.CANCELLED, "cancelled by the caller"))
         except Exception:  # noqa: BLE001 - the chain maps errors; this is a last resort
             log.exception("unhandled error in Exchange call %s", call_id)
             self.emit(_end(call_id, grpc.StatusCode.INTERNAL, "internal error"))
-        finally:
-            if timer is not None:
-                timer.cancel()
 
     async def serve(self, request_iterator):
-        reader = asyncio.get_running_loop().create_task(self.read(request_iterator))
+        reader = self.loop.create_task(self.read(request_iterator))
         try:
             while True:
                 await self.wake.wait()
