@@ -75,3 +75,23 @@ def wrap_method(handler: grpc.RpcMethodHandler, method: str,
         make = grpc.stream_stream_rpc_method_handler
     return make(behavior, request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
+
+
+class HandlerCapture:
+    """Stands in for a server to catch what a generated ``add_*_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.generic = 0
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.generic += len(handlers)
+
+    def check(self, what: str) -> None:
+        """Fail loudly when a registration function gave only opaque generic handlers."""
+        if self.generic > len(self.handlers):
+            raise ValueError(f"{what}: registers generic handlers only (per-method handlers "
+                             "are needed to apply the interceptor chain)")
+
+    def add_registered_method_handlers(self, service: str, handlers) -> None:
+        self.handlers[service] = dict(handlers)

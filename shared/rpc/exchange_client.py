@@ -27,16 +27,11 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf import descriptor_pool, message_factory
 
-from clawmesh.common.v1 import exchange_pb2
 from clawmesh.shared import metadata as md
+from clawmesh.shared.errors import CODES as _CODE
 from clawmesh.shared.rpc.client import Call
+from clawmesh.shared.rpc.exchange_server import CANCEL, END, REQUEST, Frame
 
-Frame = exchange_pb2.Frame
-REQUEST = exchange_pb2.FRAME_KIND_REQUEST
-MESSAGE = exchange_pb2.FRAME_KIND_MESSAGE
-END = exchange_pb2.FRAME_KIND_END
-CANCEL = exchange_pb2.FRAME_KIND_CANCEL
-_CODE = {code.value[0]: code for code in grpc.StatusCode}
 _EMPTY = grpc.aio.Metadata()
 
 

@@ -28,7 +28,6 @@ END = exchange_pb2.FRAME_KIND_END
 CANCEL = exchange_pb2.FRAME_KIND_CANCEL
 Frame = exchange_pb2.Frame
 
-_CODE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class ExchangeAbort(grpc.aio.AbortError):

@@ -13,6 +13,8 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from clawmesh.shared.rpc.chain import HandlerCapture
+
 V1ALPHA = reflection.SERVICE_NAME  # "grpc.reflection.v1alpha.ServerReflection"
 V1 = "grpc.reflection.v1.ServerReflection"
 
@@ -39,31 +41,11 @@ def _add_v1_descriptor() -> None:
     pool.Add(proto)
 
 
-class _Capture:
-    """Stands in for a server to catch what a generated ``add_*_to_server`` registers."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        self.generic = 0
-
-    def add_generic_rpc_handlers(self, handlers) -> None:
-        self.generic += len(handlers)
-
-    def check(self, what: str) -> None:
-        """Fail loudly when a registration function gave only opaque generic handlers."""
-        if self.generic > len(self.handlers):
-            raise ValueError(f"{what}: registers generic handlers only (per-method handlers "
-                             "are needed to apply the interceptor chain)")
-
-    def add_registered_method_handlers(self, service: str, handlers) -> None:
-        self.handlers[service] = dict(handlers)
-
-
 def enable_reflection(service_names: list[str], server: grpc.aio.Server) -> None:
     """Serve reflection (v1 and v1alpha) listing ``service_names`` and both reflection names."""
     _add_v1_descriptor()
     servicer = reflection.aio.ReflectionServicer([*service_names, V1, V1ALPHA])
-    capture = _Capture()
+    capture = HandlerCapture()
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, capture)
     (handlers,) = capture.handlers.values()
     for name in (V1ALPHA, V1):

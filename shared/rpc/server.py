@@ -25,9 +25,9 @@ import grpc
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from clawmesh.shared.rpc.chain import HandlerInterceptor, wrap_method
+from clawmesh.shared.rpc.chain import HandlerCapture, HandlerInterceptor, wrap_method
 from clawmesh.shared.rpc.exchange_server import Sessions, exchange_handler
-from clawmesh.shared.rpc.reflection import _Capture, enable_reflection
+from clawmesh.shared.rpc.reflection import enable_reflection
 from clawmesh.shared.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class MeshServer:
         )
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}  # full method -> wrapped handler
         self.sessions = Sessions()  # open Exchange streams
-        capture = _Capture()
+        capture = HandlerCapture()
         for add, servicer in servicers:
             add(servicer, capture)
             capture.check(getattr(add, "__qualname__", repr(add)))

@@ -68,8 +68,13 @@ def watch_exits(pids: Mapping[str, int]) -> tuple[dict[str, float], Callable[[],
     return exits, unwatch
 
 
-def assert_stopped_edge_first(exits: Mapping[str, float]) -> None:
-    """ingest, then routing, then provider and memory, then metrics."""
+async def assert_stopped_edge_first(exits: Mapping[str, float]) -> None:
+    """Every service exited: ingest, then routing, then provider and memory, then metrics."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while len(exits) < len(START_ORDER):  # the pidfd callbacks run on this loop
+        assert loop.time() < deadline, exits
+        await asyncio.sleep(0.01)
     assert set(exits) == set(START_ORDER), exits
     by_time = sorted(exits, key=exits.__getitem__)
     assert by_time[:2] == ["ingest", "routing"], by_time
@@ -240,12 +245,7 @@ async def test_stop_goes_edge_first_and_in_flight_requests_complete(tmp_path):
             assert chunks[-1].final and 'you said "in flight"' in chunks[-1].reply.content
         codes = await asyncio.wait_for(stopping, 30)
         assert codes == dict.fromkeys(START_ORDER, 0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while len(exits) < len(START_ORDER):  # the pidfd callbacks run on this loop
-            assert loop.time() < deadline, exits
-            await asyncio.sleep(0.01)
-        assert_stopped_edge_first(exits)
+        await assert_stopped_edge_first(exits)
     finally:
         unwatch()
         await mesh.stop()
