@@ -143,12 +143,19 @@ class _Session:
                         task = self.calls.get(frame.call_id)
                         if task is not None:
                             task.cancel()
+                    else:  # the stream and the other calls go on
+                        self.emit(_end(frame.call_id, grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"frame.kind: {frame.kind} is not a client frame kind"))
         finally:
             self.reading = False
             self.wake.set()
 
     def start(self, frame: Frame) -> None:
         call_id = frame.call_id
+        if call_id == 0 or call_id in self.calls:
+            why = "0 is reserved" if call_id == 0 else "already names an open call"
+            self.emit(_end(call_id, grpc.StatusCode.INVALID_ARGUMENT, f"frame.call_id: {why}"))
+            return
         handler = self.handlers.get(frame.method)
         if handler is None or not (handler.unary_unary or handler.unary_stream):
             what = "unknown method" if handler is None else "not callable on Exchange"

@@ -21,8 +21,10 @@ def inbound(text="hello", session="s1", **kw):
     return common_pb2.InboundMessage(**fields)
 
 
-@pytest.fixture
-async def ingest(settings):
+@pytest.fixture(params=["stream", "unary"])
+async def ingest(request, settings):
+    """Ingest's stub, the mesh behind it over either internal transport."""
+    settings.internal_transport = request.param
     settings.provider.mock_latency_ms = 0
     async with inproc_mesh(settings, services=REQUEST_PATH) as servers:
         async with grpc.aio.insecure_channel(servers["ingest"].address) as channel:

@@ -259,3 +259,36 @@ async def test_graceful_stop_drains_streams_without_failing_a_call():
         await transport.close()
         await channel.close()
         await server.stop(0)
+
+
+async def test_bad_frames_get_a_status_and_the_stream_goes_on(served):
+    _, client, transport, _ = served
+    from clawmesh.common.v1 import exchange_pb2
+    from clawmesh.shared.rpc.exchange_server import END, MESSAGE, REQUEST
+
+    raw = transport.channel.stream_stream(
+        f"/{SERVICE}/Exchange",
+        request_serializer=provider_pb2.ExchangeRequest.SerializeToString,
+        response_deserializer=provider_pb2.ExchangeResponse.FromString,
+    )()
+    good = request("fine").SerializeToString()
+    frames = [
+        exchange_pb2.Frame(call_id=0, kind=REQUEST, method=f"/{SERVICE}/Generate", payload=good),
+        exchange_pb2.Frame(call_id=5, kind=MESSAGE),
+        exchange_pb2.Frame(call_id=6, kind=REQUEST, method=f"/{SERVICE}/Generate", payload=b"\xff\xff"),
+        exchange_pb2.Frame(call_id=7, kind=REQUEST, method=f"/{SERVICE}/Generate", payload=good),
+    ]
+    await raw.write(provider_pb2.ExchangeRequest(frames=frames))
+    await raw.done_writing()
+    ends = {}
+    async for response in raw:
+        for frame in response.frames:
+            assert frame.kind == END
+            ends[frame.call_id] = frame
+    assert ends[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "call_id" in ends[0].status.message
+    assert ends[5].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert ends[6].status.code == grpc.StatusCode.INTERNAL.value[0]  # as gRPC: undecodable bytes
+    assert ends[7].status.code == 0
+    assert provider_pb2.GenerateResponse.FromString(ends[7].payload).message.content == "p|fine||"
+    assert (await client.generate(request("after"))).message.content == "p|after||"
