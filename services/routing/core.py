@@ -9,6 +9,7 @@ client chain adds the inbound call's deadline and metadata to every call.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ class Route:
 
 
 def now_ts() -> timestamp_pb2.Timestamp:
+    # FromNanoseconds, not GetCurrentTime(): that one goes through datetime (~10x slower).
     ts = timestamp_pb2.Timestamp()
-    ts.GetCurrentTime()
+    ts.FromNanoseconds(time.time_ns())
     return ts
 
 
@@ -103,7 +105,7 @@ class Router:
             session_id=message.session_id,
         ))
         assistant = gen.message
-        assistant.created_time.GetCurrentTime()
+        assistant.created_time.FromNanoseconds(time.time_ns())
         await self._store(message, route, user, assistant)
         reply = self._reply(
             message, assistant.content, gen.backend, gen.model, gen.usage, gen.finish_reason
