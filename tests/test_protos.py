@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -42,3 +43,21 @@ def test_buf_lint_is_clean():
         pytest.fail("buf is not installed: run `make setup` (installs @bufbuild/buf from npm)")
     result = subprocess.run([str(buf), "lint"], cwd=ROOT / "protos", capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_installed_import_names_all_live_under_clawmesh():
+    """pip puts one top-level name in site-packages: nothing generic like `services`."""
+    from importlib import metadata
+
+    dist = metadata.distribution("clawmesh")
+    assert dist.read_text("top_level.txt").split() == ["clawmesh"]
+    import clawmesh.launcher.cli
+    import clawmesh.loadtest.cli
+    import clawmesh.services.registry
+    import clawmesh.shared.rpc.server
+
+    assert clawmesh.services.registry.__file__.startswith(str(ROOT / "services"))
+    assert clawmesh.launcher.cli.__file__.startswith(str(ROOT / "launcher"))
+    for generic in ("services", "shared", "loadtest", "launcher"):
+        found = importlib.util.find_spec(generic)
+        assert found is None or not str(found.origin or "").startswith(sys.prefix), generic
