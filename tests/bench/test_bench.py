@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 
 def test_bench_measures_every_row_and_writes_results(tmp_path):
-    assert main(["--seconds", "0.5", "--concurrency", "8", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["--seconds", "0.5", "--concurrency", "8", "--rounds", "1", "--out", str(tmp_path),
+                 "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
     assert rows[0]["kind"] == "echo"
@@ -48,6 +49,9 @@ def test_bench_measures_every_row_and_writes_results(tmp_path):
     # The in-process bound is a row, or its absence is reported.
     assert any(r["kind"] == "inprocess" for r in rows) or results.get("inprocess_missing")
 
+    [ab] = results["ab"]  # one A/B round: both transports measured back to back
+    for transport in TRANSPORTS:
+        assert ab[transport]["msgs_per_s"] > 0 and ab[transport]["server_cpu_us"] > 0
     goals = results["goals"]
     assert len(goals) == 5
     for goal in goals:
@@ -55,6 +59,7 @@ def test_bench_measures_every_row_and_writes_results(tmp_path):
 
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## How measured", "## Throughput and latency", "## CPU per message",
-                    "## Load client overhead", "## Goals", "## Start and memory"):
+                    "## Load client overhead", "## A/B: both transports back to back", "## Goals",
+                    "## Start and memory"):
         assert heading in text, heading
     assert "unary" in text and "stream" in text
