@@ -54,12 +54,20 @@ GOAL_P99_MS = 10.0
 GOAL_CONVERSE = 1.2
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
+    """A port free now and not handed out before in this run (two meshes run side by side)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def rss_mb(pid: int) -> float:
@@ -302,9 +310,15 @@ class Bench:
                 env.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / f"data-ab-{transport}"),
                            CLAWMESH_LOG_LEVEL="WARNING", CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0",
                            CLAWMESH_INTERNAL_TRANSPORT=transport)
-                files.append((self.work / f"mesh-ab-{transport}.stderr").open("wb"))
+                path = self.work / f"mesh-ab-{transport}.stderr"
+                files.append(path.open("wb"))
                 meshes[transport] = MeshProcesses(child_env(self.env_base, env), stderr=files[-1])
-                await meshes[transport].start()
+                try:
+                    await meshes[transport].start()
+                except Exception as exc:
+                    files[-1].flush()
+                    tail = path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"A/B mesh ({transport}) did not start: {exc}\n{tail}") from exc
             rounds = []
             for i in range(self.args.rounds):
                 one = {}
