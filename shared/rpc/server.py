@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -31,6 +32,8 @@ from clawmesh.shared.rpc.reflection import enable_reflection
 from clawmesh.shared.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+
+CLOSER_TIMEOUT_S = 5.0  # per on_stop closer (stores, channels, exporters)
 
 AddFn = Callable[[object, grpc.aio.Server], None]
 
@@ -115,12 +118,18 @@ class MeshServer:
         # elsewhere; the calls already sent finish here, then the streams close.
         self.sessions.drain()
         grace = self.settings.grace_period_s if grace_s is None else grace_s
+        started = time.monotonic()
         await self.server.stop(grace)
+        log.info("drained", extra={"seconds": round(time.monotonic() - started, 3)})
         for closer in reversed(self._closers):
+            name = getattr(closer, "__qualname__", repr(closer))
             try:
-                await closer()
+                # A closer that hangs must not keep the process from exiting.
+                await asyncio.wait_for(closer(), CLOSER_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("closer timed out", extra={"closer": name, "seconds": CLOSER_TIMEOUT_S})
             except Exception:  # noqa: BLE001 - keep closing the rest
-                log.exception("error while closing")
+                log.exception("error while closing", extra={"closer": name})
 
     async def serve_until_signal(self, on_serving: Callable[[], None] | None = None) -> None:
         """Start, run until SIGTERM/SIGINT, then stop gracefully.

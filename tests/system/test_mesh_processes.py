@@ -192,7 +192,10 @@ async def test_cli_send_and_health_work_against_the_running_mesh(mesh):
 
 
 async def test_sigterm_drains_in_flight_refuses_new_and_exits_zero(tmp_path):
-    mesh = MeshProcesses(mesh_env(tmp_path, CLAWMESH_PROVIDER__MOCK_LATENCY_MS="1500"))
+    log_path = tmp_path / "services.log"  # INFO logs: what a slow shutdown was doing
+    log_file = log_path.open("wb")
+    mesh = MeshProcesses(mesh_env(tmp_path, CLAWMESH_PROVIDER__MOCK_LATENCY_MS="1500",
+                                  CLAWMESH_LOG_LEVEL="INFO"), stderr=log_file)
     await mesh.start()
     try:
         async with grpc.aio.insecure_channel(mesh.target("ingest")) as channel:
@@ -222,9 +225,12 @@ async def test_sigterm_drains_in_flight_refuses_new_and_exits_zero(tmp_path):
                 chunks = [r.chunk async for r in call]
                 assert chunks[-1].final and f'you said "m{i}"' in chunks[-1].reply.content
                 assert await call.code() == grpc.StatusCode.OK
-        assert await mesh.wait_exit("ingest", 15) == 0
+        code = await mesh.wait_exit("ingest", 15)
+        log_file.flush()
+        assert code == 0, log_path.read_text(errors="replace")[-4000:]
     finally:
         await mesh.stop()
+        log_file.close()
 
 
 async def test_stop_goes_edge_first_and_in_flight_requests_complete(tmp_path):
