@@ -95,17 +95,11 @@ def _serialize(message) -> bytes:
     return message.SerializeToString()
 
 
-def _chain_unary(chain: Sequence[ClientInterceptor], terminal: Callable):
+def _compose(hooks: Sequence[Callable], terminal: Callable) -> Callable:
+    """``hooks[0](call, next)`` around ... around ``terminal(call)``, built once."""
     fn = terminal
-    for ic in reversed(chain):
-        fn = (lambda hook, nxt: lambda call: hook(call, nxt))(ic.unary, fn)
-    return fn
-
-
-def _chain_stream(chain: Sequence[ClientInterceptor], terminal: Callable):
-    fn = terminal
-    for ic in reversed(chain):
-        fn = (lambda hook, nxt: lambda call: hook(call, nxt))(ic.stream, fn)
+    for hook in reversed(hooks):
+        fn = (lambda h, nxt: lambda call: h(call, nxt))(hook, fn)
     return fn
 
 
@@ -116,22 +110,23 @@ class ServiceClient:
 
     def __init__(self, transport: Transport, chain: Sequence[ClientInterceptor] = ()) -> None:
         self.transport = transport
-        self._unary = _chain_unary(chain, transport.unary)
-        self._stream = _chain_stream(chain, transport.stream)
+        self._unary = _compose([ic.unary for ic in chain], transport.unary)
+        self._stream = _compose([ic.stream for ic in chain], transport.stream)
         self._methods = {
             m.name: (f"/{self.SERVICE.full_name}/{m.name}",
                      message_factory.GetMessageClass(m.output_type))
             for m in self.SERVICE.methods
         }
 
-    def _call(self, name: str, request, headers) -> Call:
+    def call_for(self, name: str, request, headers: dict[str, str] | None = None) -> Call:
+        """The ``Call`` for method ``name`` (what the chain and the transport receive)."""
         method, response_class = self._methods[name]
         return Call(method, request, response_class, metadata=tuple(headers.items()) if headers else ())
 
     async def unary(self, name: str, request, headers: dict[str, str] | None = None):
         """Call unary method ``name``; ``headers`` add to the propagated metadata."""
-        return await self._unary(self._call(name, request, headers))
+        return await self._unary(self.call_for(name, request, headers))
 
     def stream(self, name: str, request, headers: dict[str, str] | None = None) -> AsyncIterator:
         """Call server-streaming method ``name``; iterate the responses."""
-        return self._stream(self._call(name, request, headers))
+        return self._stream(self.call_for(name, request, headers))

@@ -130,7 +130,7 @@ async def test_deadline_ends_the_call_on_both_sides(served):
     servicer, client, _, _ = served
     loop = asyncio.get_running_loop()
     started = loop.time()
-    call = asyncio.ensure_future(client.transport.unary(client._call("Generate", request("hold"), None)))
+    call = asyncio.ensure_future(client.transport.unary(client.call_for("Generate", request("hold"))))
     await servicer.holding.wait()
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
