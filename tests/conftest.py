@@ -40,3 +40,20 @@ def settings(tmp_path) -> MeshSettings:
         memory={"port": 0, "data_dir": tmp_path / "memory"},
         metrics={"port": 0},
     )
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server on a free port for the whole test session."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A flushed Redis for one test."""
+    redis_server.flush()
+    return redis_server.url
