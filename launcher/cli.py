@@ -136,10 +136,20 @@ def cmd_health(args) -> int:
 
 
 def cmd_config_check(args) -> int:
+    from clawmesh.shared.policy import PolicyError, load_policy
+
     settings = _settings(args)
-    print("settings OK")
+    try:
+        policy = load_policy(settings.ingest.policy_file)
+    except PolicyError as exc:
+        print(f"clawmesh: {exc}", file=sys.stderr)
+        return 2
+    print("settings OK" + (f"; policy {settings.ingest.policy_file} OK"
+                           if settings.ingest.policy_file else ""))
     if args.show:
         print(settings.model_dump_json(indent=2))
+        if settings.ingest.policy_file:
+            print(policy.model_dump_json(indent=2))
     return 0
 
 

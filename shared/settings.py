@@ -62,6 +62,9 @@ class IngestSettings(ServerSettings):
     max_attributes: int = Field(64, ge=0)
     default_tenant: str = "default"
     converse_max_in_flight: int = Field(64, ge=1, description="per Converse stream")
+    policy_file: Path | None = Field(
+        None, description="edge policy YAML (dedup, rate limits, admission); none: the defaults"
+    )
 
 
 class RoutingSettings(ServerSettings):

@@ -1,10 +1,10 @@
-"""Ingest core: the edge. Validates, resolves the tenant, keys the message, forwards.
+"""Ingest core: the edge. Validates, resolves the tenant, keys the message, gates, forwards.
 
-    ingest = Ingest(routing_client, settings)
-    reply = await ingest.submit(message, request.HasField("message"), headers)
+    ingest = Ingest(routing_client, settings, gate)
+    reply, replayed = await ingest.submit(message, request.HasField("message"), headers)
 
-Dedup, rate limiting and priority admission slot in between validation and
-forwarding in later work; the idempotency key they need is derived here.
+After validation every message goes through the edge gate (services/ingest/edge.py:
+rate limits, dedup with replay, priority admission), whatever the RPC shape.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from clawmesh.common.v1 import common_pb2
+from clawmesh.services.ingest.edge import EdgeGate
 from clawmesh.services.ingest.validation import validate_inbound
 from clawmesh.shared import metadata as md
 from clawmesh.shared.errors import PermissionDenied
@@ -43,14 +44,16 @@ def idempotency_key(message: common_pb2.InboundMessage, request_id: str) -> str:
 class Ingest:
     """Admits inbound messages and has routing answer them."""
 
-    def __init__(self, routing, settings: MeshSettings) -> None:
+    def __init__(self, routing, settings: MeshSettings, gate: EdgeGate | None = None) -> None:
         self.routing = routing
         self.settings = settings
         self.limits = settings.ingest
+        self.gate = gate
 
     def admit(self, message: common_pb2.InboundMessage, present: bool,
-              headers: dict[str, str]) -> tuple[common_pb2.InboundMessage, dict[str, str]]:
-        """Validate and normalise; returns the message to forward and its metadata."""
+              headers: dict[str, str]) -> tuple[common_pb2.InboundMessage, dict[str, str], bool]:
+        """Validate and normalise: the message to forward, its metadata, and whether copies
+        of it are recognisable (it has a channel message id or a caller's key)."""
         validate_inbound(message, present, self.limits)
         tenant = headers.get(md.TENANT) or self.limits.default_tenant
         if message.tenant and message.tenant != tenant:
@@ -63,6 +66,10 @@ class Ingest:
         if forward.priority == common_pb2.PRIORITY_UNSPECIFIED:
             forward.priority = common_pb2.PRIORITY_NORMAL
         request_id = headers.get(md.REQUEST_ID) or uuid.uuid4().hex
+        # The caller's key: the body field wins over the x-clawmesh-idempotency-key header.
+        if not forward.idempotency_key:
+            forward.idempotency_key = headers.get(md.IDEMPOTENCY_KEY, "")[: self.limits.max_id_chars]
+        dedupable = bool(forward.idempotency_key or forward.channel_message_id)
         forward.idempotency_key = idempotency_key(forward, request_id)
         out = {
             md.TENANT: tenant,
@@ -70,24 +77,39 @@ class Ingest:
             md.IDEMPOTENCY_KEY: forward.idempotency_key,
             md.PRIORITY: PRIORITY_NAMES[forward.priority],
         }
-        return forward, out
+        return forward, out, dedupable
 
-    async def dispatch(self, forward: common_pb2.InboundMessage,
-                       out: dict[str, str]) -> common_pb2.Reply:
-        """Have routing answer a message that ``admit`` returned."""
-        response = await self.routing.dispatch(forward, out)
-        return response.reply
+    async def dispatch(self, forward: common_pb2.InboundMessage, out: dict[str, str],
+                       dedupable: bool, method: str = "Submit") -> tuple[common_pb2.Reply, bool]:
+        """The reply to a message that ``admit`` returned, and whether it was replayed."""
 
-    async def submit(self, message, present: bool, headers: dict[str, str]) -> common_pb2.Reply:
-        forward, out = self.admit(message, present, headers)
-        return await self.dispatch(forward, out)
+        async def produce() -> common_pb2.Reply:
+            return (await self.routing.dispatch(forward, out)).reply
 
-    async def stream(self, forward: common_pb2.InboundMessage,
-                     out: dict[str, str]) -> AsyncIterator[common_pb2.ReplyChunk]:
-        """Stream the reply to a message that ``admit`` returned."""
-        stream = self.routing.dispatch_stream(forward, out)
-        try:
-            async for response in stream:
-                yield response.chunk
-        finally:
-            await stream.aclose()
+        if self.gate is None:
+            return await produce(), False
+        return await self.gate.unary(forward, method, dedupable, produce)
+
+    async def submit(self, message, present: bool, headers: dict[str, str],
+                     method: str = "Submit") -> tuple[common_pb2.Reply, bool]:
+        forward, out, dedupable = self.admit(message, present, headers)
+        return await self.dispatch(forward, out, dedupable, method)
+
+    async def stream(self, forward: common_pb2.InboundMessage, out: dict[str, str],
+                     dedupable: bool) -> AsyncIterator[tuple[common_pb2.ReplyChunk, bool]]:
+        """Stream the reply to a message that ``admit`` returned: (chunk, replayed)."""
+
+        async def produce() -> AsyncIterator[common_pb2.ReplyChunk]:
+            stream = self.routing.dispatch_stream(forward, out)
+            try:
+                async for response in stream:
+                    yield response.chunk
+            finally:
+                await stream.aclose()
+
+        if self.gate is None:
+            async for chunk in produce():
+                yield chunk, False
+            return
+        async for item in self.gate.stream(forward, "SubmitStream", dedupable, produce):
+            yield item

@@ -36,19 +36,25 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def Submit(self, request, context):
         """One message in, its reply out. Bad input: INVALID_ARGUMENT naming the fields."""
-        forward, out = self.ingest.admit(request.message, request.HasField("message"),
-                                         _headers(context))
-        context.set_trailing_metadata(((md.REQUEST_ID, out[md.REQUEST_ID]),))
-        reply = await self.ingest.dispatch(forward, out)
-        return ingest_pb2.SubmitResponse(reply=reply)
+        forward, out, dedupable = self.ingest.admit(request.message, request.HasField("message"),
+                                                    _headers(context))
+        trailing = [(md.REQUEST_ID, out[md.REQUEST_ID])]
+        context.set_trailing_metadata(trailing)
+        reply, replayed = await self.ingest.dispatch(forward, out, dedupable)
+        if replayed:  # a copy: the original's reply, marked
+            context.set_trailing_metadata([*trailing, (md.REPLAYED, "true")])
+        return ingest_pb2.SubmitResponse(reply=reply, replayed=replayed)
 
     async def SubmitStream(self, request, context):
         """One message in, the reply in chunks; the last chunk is final and carries it all."""
         headers = _headers(context)
-        forward, out = self.ingest.admit(request.message, request.HasField("message"), headers)
+        forward, out, dedupable = self.ingest.admit(request.message, request.HasField("message"),
+                                                    headers)
         # Tell the caller at once that the message was admitted, and under which id.
         await context.send_initial_metadata(((md.REQUEST_ID, out[md.REQUEST_ID]),))
-        async for chunk in self.ingest.stream(forward, out):
+        async for chunk, replayed in self.ingest.stream(forward, out, dedupable):
+            if replayed:
+                context.set_trailing_metadata(((md.REPLAYED, "true"),))
             yield ingest_pb2.SubmitStreamResponse(chunk=chunk)
 
     async def Converse(self, request_iterator, context):
@@ -67,8 +73,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         async def answer(req: ingest_pb2.ConverseRequest) -> None:
             cid = req.correlation_id or req.message.channel_message_id
             try:
-                reply = await self.ingest.submit(req.message, req.HasField("message"), headers)
-                done.put_nowait(ingest_pb2.ConverseResponse(correlation_id=cid, reply=reply))
+                reply, replayed = await self.ingest.submit(
+                    req.message, req.HasField("message"), headers, method="Converse")
+                done.put_nowait(ingest_pb2.ConverseResponse(correlation_id=cid, reply=reply,
+                                                            replayed=replayed))
             except (ClawMeshError, grpc.aio.AioRpcError) as exc:
                 status = status_of(exc)
                 error = common_pb2.ErrorStatus(

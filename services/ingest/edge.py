@@ -1,0 +1,203 @@
+"""The edge gate: rate limit → dedup → admission, once per admitted message.
+
+    gate = EdgeGate.from_policy(load_policy(settings.ingest.policy_file))
+    reply, replayed = await gate.unary(forward, "Submit", dedupable, produce)
+    await gate.close()
+
+It runs in ingest's core, after validation (bad input never takes quota or a dedup
+entry), for every shape of call: Submit, SubmitStream and each message of a
+Converse stream alike. Order, and why:
+
+1. **rate limits** first: a refused caller costs one quota check and nothing else;
+2. **dedup** next: a copy of a finished message is replayed and a copy of one in
+   flight waits for it, without taking an admission permit (a replay is cheap, and
+   a waiting copy must not hold a slot the original needs);
+3. **admission** last, around the work itself: priority queueing and shedding, and
+   the latency its adaptive limit learns from.
+
+Every policy has shadow mode (``enforce: false``): rate limits and dedup then count
+what they would have refused or replayed (``shadow``) and let the message through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from clawmesh.common.v1 import common_pb2
+from clawmesh.shared import context as callctx
+from clawmesh.shared.admission import AdmissionController, AIMDLimit
+from clawmesh.shared.dedup import (
+    Deduplicator,
+    DedupUnavailable,
+    InFlightTimeout,
+    make_strategy,
+)
+from clawmesh.shared.dedup import MemoryBackend as DedupMemory
+from clawmesh.shared.dedup import RedisBackend as DedupRedis
+from clawmesh.shared.errors import DeadlineExceeded, Unavailable
+from clawmesh.shared.policy import PER_S, EdgePolicy
+from clawmesh.shared.ratelimit import Limit, RateLimiter, Rule
+from clawmesh.shared.ratelimit import MemoryBackend as LimitMemory
+from clawmesh.shared.ratelimit import RedisBackend as LimitRedis
+
+PRIORITY_NAMES = {v: k.removeprefix("PRIORITY_").lower() for k, v in common_pb2.Priority.items()}
+
+
+def _rules(policy: EdgePolicy) -> list[Rule]:
+    return [
+        Rule(tuple((k, None if v == "*" else v) for k, v in rule.match.items()),
+             tuple(Limit(lim.name, lim.rate, PER_S[lim.per], lim.burst) for lim in rule.limits))
+        for rule in policy.rate_limits.rules
+    ]
+
+
+class EdgeGate:
+    """Rate limits, dedup and admission for one ingest process (state: memory or Redis)."""
+
+    def __init__(self, policy: EdgePolicy, dedup: Deduplicator, limiter: RateLimiter | None,
+                 admission: AdmissionController) -> None:
+        self.policy = policy
+        self.dedup = dedup
+        self.limiter = limiter
+        self.admission = admission
+        # One descriptor per distinct key set the rules use, keys in the rules' order.
+        self.shapes = list(dict.fromkeys(tuple(r.match) for r in policy.rate_limits.rules))
+        self.shadow: Counter[str] = Counter()  # what shadow mode let through
+
+    @classmethod
+    def from_policy(cls, policy: EdgePolicy, clock=time.monotonic) -> EdgeGate:
+        b = policy.backend
+        op_timeout_s = b.op_timeout_ms / 1000.0
+        d = policy.dedup
+        if b.kind == "redis":
+            dedup_backend = DedupRedis(b.redis_url)
+            limit_backend = LimitRedis.from_url(b.redis_url, op_timeout_s=op_timeout_s)
+        else:
+            dedup_backend = DedupMemory(clock=clock)
+            limit_backend = LimitMemory(clock=clock)
+        dedup = Deduplicator(
+            dedup_backend, clock=clock, failure_mode=b.on_error, op_timeout_s=op_timeout_s,
+            wait_timeout_s=d.wait_timeout_s,
+            strategy=make_strategy(d.strategy, bloom_capacity=d.bloom_capacity,
+                                   bloom_fp_rate=d.bloom_fp_rate),
+        )
+        rules = _rules(policy)
+        limiter = RateLimiter(rules, limit_backend, fail_open=b.on_error == "fail_open",
+                              monotonic=clock) if rules else None
+        a = policy.admission
+        admission = AdmissionController(
+            AIMDLimit(initial=a.initial_limit, min_limit=a.min_limit, max_limit=a.max_limit,
+                      target_latency_s=a.target_latency_ms / 1000.0),
+            max_queue=a.max_queue, clock=clock,
+        )
+        return cls(policy, dedup, limiter, admission)
+
+    async def close(self) -> None:
+        await self.dedup.aclose()
+        if self.limiter is not None:
+            await self.limiter.aclose()
+
+    # -- the three steps ---------------------------------------------------------------
+
+    async def _limit(self, message: common_pb2.InboundMessage, method: str) -> None:
+        if self.limiter is None:
+            return
+        values = {"tenant": message.tenant, "channel": message.channel, "sender": message.sender,
+                  "priority": PRIORITY_NAMES[message.priority], "method": method}
+        for keys in self.shapes:
+            descriptor = tuple((k, values[k]) for k in keys)
+            decision = await self.limiter.check(descriptor)
+            if not decision.allowed:
+                if self.policy.rate_limits.enforce:
+                    raise decision.error(descriptor)
+                self.shadow["rate_limited"] += 1
+
+    async def _claim(self, key: str):
+        info = callctx.current()
+        remaining = info.remaining() if info is not None else None
+        wait = self.policy.dedup.wait_timeout_s if remaining is None else max(min(
+            remaining, self.policy.dedup.wait_timeout_s), 0.0)
+        try:
+            return await self.dedup.claim(key, self.policy.dedup.ttl_s, wait_timeout_s=wait)
+        except InFlightTimeout:
+            raise DeadlineExceeded("a copy of this message is still being answered") from None
+        except DedupUnavailable:
+            raise Unavailable("deduplication store unavailable (policy fail_closed)") from None
+
+    def _admitted(self, message: common_pb2.InboundMessage):
+        if not self.policy.admission.enforce:
+            return contextlib.nullcontext()
+        info = callctx.current()
+        remaining = info.remaining() if info is not None else None
+        deadline = None if remaining is None else self.admission.clock() + remaining
+        return self.admission.admit(message.priority, deadline=deadline)
+
+    # -- per shape -------------------------------------------------------------------------
+
+    async def unary(self, message: common_pb2.InboundMessage, method: str, dedupable: bool,
+                    produce: Callable[[], Awaitable[common_pb2.Reply]]) -> tuple[common_pb2.Reply, bool]:
+        """The reply to ``message`` and whether it was replayed (or coalesced)."""
+        await self._limit(message, method)
+        if not dedupable:
+            async with self._admitted(message):
+                return await produce(), False
+        claim = await self._claim(message.idempotency_key)
+        if not claim.owner:
+            if self.policy.dedup.enforce:
+                return common_pb2.Reply.FromString(claim.reply), True
+            self.shadow["replayed"] += 1
+            async with self._admitted(message):
+                return await produce(), False
+        try:
+            async with self._admitted(message):
+                reply = await produce()
+        except BaseException:
+            await self.dedup.release(message.idempotency_key)
+            raise
+        await self.dedup.complete(message.idempotency_key, reply.SerializeToString())
+        return reply, False
+
+    async def stream(self, message: common_pb2.InboundMessage, method: str, dedupable: bool,
+                     produce: Callable[[], AsyncIterator[common_pb2.ReplyChunk]]
+                     ) -> AsyncIterator[tuple[common_pb2.ReplyChunk, bool]]:
+        """Chunks of the reply, each with ``replayed``; a replay is one final chunk."""
+        await self._limit(message, method)
+        claim = await self._claim(message.idempotency_key) if dedupable else None
+        if claim is not None and not claim.owner:
+            if self.policy.dedup.enforce:
+                reply = common_pb2.Reply.FromString(claim.reply)
+                yield common_pb2.ReplyChunk(index=0, final=True, reply=reply), True
+                return
+            self.shadow["replayed"] += 1
+            claim = None
+        final = None
+        try:
+            async with self._admitted(message):
+                async for chunk in produce():
+                    if chunk.final:
+                        final = chunk.reply
+                    yield chunk, False
+        finally:
+            if claim is not None:
+                if final is not None:
+                    await self.dedup.complete(message.idempotency_key, final.SerializeToString())
+                else:
+                    await self.dedup.release(message.idempotency_key)
+
+    def stats(self) -> dict[str, float]:
+        """Counters for metrics and `clawmesh health --verbose`."""
+        a = self.admission
+        out = {"admission.available_permits": a.available_permits,
+               "admission.waiting_count": a.waiting_count,
+               "admission.load_percentage": a.load_percentage,
+               "admission.rejected_count": a.rejected_total()}
+        if self.limiter is not None:
+            s = self.limiter.stats
+            out.update({"ratelimit.checks": s.checks, "ratelimit.refused": s.refused,
+                        "ratelimit.backend_errors": s.backend_errors})
+        out.update({f"shadow.{k}": v for k, v in self.shadow.items()})
+        return {k: (v if not (isinstance(v, float) and math.isnan(v)) else 0.0) for k, v in out.items()}

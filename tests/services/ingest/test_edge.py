@@ -1,0 +1,141 @@
+"""The edge gate through the running mesh: dedup with replay and coalescing, rate limits.
+
+Real servers in-process, real channels; the provider's own RPC counters say how
+often a message really reached the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from clawmesh.common.v1 import common_pb2
+from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from clawmesh.services.registry import by_name
+from clawmesh.shared.rpcstats import RpcStats
+from tests.conftest import trailing_status
+from tests.inproc import inproc_mesh
+
+GENERATE = "/clawmesh.provider.v1.ProviderService/Generate"
+TENANT = (("x-clawmesh-tenant", "acme"),)
+
+
+def inbound(text="hi", session="s1", msg_id="", **kw):
+    return common_pb2.InboundMessage(channel="telegram", sender="u1", session_id=session,
+                                     content=text, channel_message_id=msg_id, **kw)
+
+
+def generated(stats: RpcStats) -> int:
+    return sum(s.count for s in stats.snapshot() if s.method == GENERATE)
+
+
+@pytest.fixture
+async def mesh(settings):
+    settings.provider.mock_latency_ms = 200  # copies arrive while the original is in flight
+    stats = RpcStats()
+    async with inproc_mesh(settings, stats) as servers:
+        async with grpc.aio.insecure_channel(servers["ingest"].address) as channel:
+            yield ingest_pb2_grpc.IngestServiceStub(channel), stats
+
+
+async def test_copies_in_flight_reach_the_model_once_and_all_get_its_reply(mesh):
+    ingest, stats = mesh
+    calls = [ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(msg_id="m-1")),
+                           metadata=TENANT, timeout=5) for _ in range(3)]
+    replies = await asyncio.gather(*calls)
+    assert generated(stats) == 1
+    assert len({r.reply.reply_id for r in replies}) == 1
+    assert sorted(r.replayed for r in replies) == [False, True, True]
+    marks = [dict(await c.trailing_metadata()).get("x-clawmesh-replayed") for c in calls]
+    assert sorted(m or "" for m in marks) == ["", "true", "true"]
+
+
+async def test_a_copy_of_a_finished_message_is_replayed(mesh):
+    ingest, stats = mesh
+    first = await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(msg_id="m-2")),
+                                metadata=TENANT, timeout=5)
+    again = await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("edited", msg_id="m-2")),
+                                metadata=TENANT, timeout=5)
+    assert again.replayed and again.reply == first.reply and generated(stats) == 1
+    # Streamed and conversed copies are replayed too; the header key works like the body's.
+    chunks = [r.chunk async for r in ingest.SubmitStream(
+        ingest_pb2.SubmitStreamRequest(message=inbound(msg_id="m-2")), metadata=TENANT, timeout=5)]
+    assert len(chunks) == 1 and chunks[0].final and chunks[0].reply == first.reply
+    conv = ingest.Converse(iter([ingest_pb2.ConverseRequest(message=inbound(msg_id="m-2"))]),
+                           metadata=TENANT, timeout=5)
+    [answer] = [r async for r in conv]
+    assert answer.replayed and answer.reply == first.reply
+    keyed = [await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(f"k{i}")), timeout=5,
+                                 metadata=(*TENANT, ("x-clawmesh-idempotency-key", "op-7")))
+             for i in range(2)]
+    assert [k.replayed for k in keyed] == [False, True] and generated(stats) == 2
+
+
+async def test_different_sessions_and_id_less_messages_are_never_copies(mesh):
+    ingest, stats = mesh
+    a, b = [await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(session=s, msg_id="1")),
+                                metadata=TENANT, timeout=5) for s in ("chat-a", "chat-b")]
+    yes = [await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("yes", session="s-yes")),
+                               metadata=TENANT, timeout=5) for _ in range(2)]
+    assert not a.replayed and not b.replayed and a.reply.reply_id != b.reply.reply_id
+    assert [y.replayed for y in yes] == [False, False] and generated(stats) == 4
+    assert "1 earlier turn(s)" in yes[1].reply.content
+
+
+async def test_a_burst_over_the_limit_is_refused_with_retry_info_but_critical_passes(settings, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rate_limits:\n  rules:\n"
+                      "    - match: {tenant: '*', priority: normal}\n"
+                      "      limits: [{name: normal-burst, rate: 1, per: minute, burst: 3}]\n")
+    settings.ingest.policy_file = policy
+    async with inproc_mesh(settings) as servers:
+        async with grpc.aio.insecure_channel(servers["ingest"].address) as channel:
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+            for i in range(3):
+                await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(f"n{i}")),
+                                    metadata=TENANT, timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("one too many")),
+                                    metadata=TENANT, timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = trailing_status(err.value).details
+            retry = error_details_pb2.RetryInfo()
+            assert any(d.Unpack(retry) for d in details if d.Is(retry.DESCRIPTOR))
+            assert 55 < retry.retry_delay.ToTimedelta().total_seconds() <= 60  # 1 per minute
+            critical = await ingest.Submit(ingest_pb2.SubmitRequest(
+                message=inbound("urgent", priority=common_pb2.PRIORITY_CRITICAL)),
+                metadata=TENANT, timeout=5)
+            assert "urgent" in critical.reply.content
+            # Another tenant has its own quota.
+            other = await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("hello")),
+                                        metadata=(("x-clawmesh-tenant", "other"),), timeout=5)
+            assert not other.replayed
+
+
+async def test_two_ingest_replicas_sharing_redis_answer_a_copy_once(settings, tmp_path, redis_url):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"backend: {{kind: redis, redis_url: '{redis_url}'}}\n")
+    settings.ingest.policy_file = policy
+    settings.provider.mock_latency_ms = 300
+    stats = RpcStats()
+    async with inproc_mesh(settings, stats, services=("memory", "provider", "routing")):
+        replicas = [await by_name("ingest").build(settings) for _ in range(2)]
+        for server in replicas:
+            await server.start()
+        channels = [grpc.aio.insecure_channel(s.address) for s in replicas]
+        try:
+            stubs = [ingest_pb2_grpc.IngestServiceStub(c) for c in channels]
+            replies = await asyncio.gather(*(
+                stub.Submit(ingest_pb2.SubmitRequest(message=inbound(msg_id="webhook-9")),
+                            metadata=TENANT, timeout=5) for stub in stubs))
+            assert generated(stats) == 1
+            assert replies[0].reply == replies[1].reply
+            assert sorted(r.replayed for r in replies) == [False, True]
+        finally:
+            for c in channels:
+                await c.close()
+            for server in replicas:
+                await server.stop(0)
