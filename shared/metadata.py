@@ -7,10 +7,9 @@ language set these as ordinary gRPC metadata.
 |----------------------------|--------------------|-----------------------------------------------|
 | x-clawmesh-tenant          | request, every hop | tenant (from credentials at the edge)         |
 | x-clawmesh-request-id      | request + response | mesh request id; made at ingest if absent     |
-| x-clawmesh-idempotency-key | request, every hop | reserved from clients: accepted, not yet      |
-|                            |                    | acted on (the key used is the body field      |
-|                            |                    | ``message.idempotency_key``); ingest sets it  |
-|                            |                    | to that key on the hops behind it             |
+| x-clawmesh-idempotency-key | request, every hop | the caller's idempotency key (the body field  |
+|                            |                    | ``message.idempotency_key`` wins); ingest     |
+|                            |                    | sets the scoped key on the hops behind it     |
 | x-clawmesh-priority        | request, every hop | priority class name, e.g. ``high``            |
 | x-clawmesh-synthetic       | request            | ``true`` marks load-test traffic              |
 | x-clawmesh-replayed        | trailing           | ``true`` when a stored reply was replayed     |

@@ -307,10 +307,35 @@ def _leaves(tree, prefix=()):
         yield prefix, tree
 
 
+POLICY_SECTIONS = {"backend", "dedup", "rate_limits", "admission"}
+
+
+def _within(written, loaded) -> bool:
+    """Everything ``written`` is in ``loaded`` (which also has the defaults filled in)."""
+    if isinstance(written, dict):
+        return isinstance(loaded, dict) and all(k in loaded and _within(v, loaded[k])
+                                                for k, v in written.items())
+    if isinstance(written, list):
+        return (isinstance(loaded, list) and len(written) == len(loaded)
+                and all(_within(w, v) for w, v in zip(written, loaded, strict=True)))
+    return written == loaded
+
+
 @pytest.mark.parametrize("block", blocks("yaml", "yml"))
 def test_yaml_block(block: Block, tmp_path):
     config = tmp_path / "clawmesh.yaml"
     config.write_text(block.text, encoding="utf-8")
+    tree = yaml.safe_load(block.text)
+    if set(tree) <= POLICY_SECTIONS:  # an edge policy file, not a settings file
+        from clawmesh.shared.policy import load_policy
+
+        env = {**newcomer_env(), "CLAWMESH_INGEST__POLICY_FILE": str(config)}
+        done = subprocess.run([str(VENV_BIN / "clawmesh"), "config", "check"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"policy {config} OK" in done.stdout, done.stdout
+        assert _within(tree, load_policy(config).model_dump())  # every value written is used
+        return
     done = subprocess.run(
         [str(VENV_BIN / "clawmesh"), "--config", str(config), "config", "check", "--show"],
         cwd=tmp_path, env=newcomer_env(), capture_output=True, text=True, timeout=30,
