@@ -59,6 +59,12 @@ class DedupPolicy(_Strict):
     wait_timeout_s: float = Field(30.0, gt=0, description="longest wait for an in-flight original")
     bloom_capacity: int = Field(1_000_000, ge=1)
     bloom_fp_rate: float = Field(0.001, gt=0, lt=1)
+    content_window_s: float = Field(
+        0.0, ge=0, le=300,
+        description="opt-in for channels without message ids: a message with the same sender "
+        "and content in the same session within this window is a copy (answered with the "
+        "replay); 0: never by content",
+    )
 
 
 class LimitPolicy(_Strict):

@@ -22,6 +22,7 @@ what they would have refused or replayed (``shadow``) and let the message throug
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from collections import Counter
@@ -116,13 +117,13 @@ class EdgeGate:
                     raise decision.error(descriptor)
                 self.shadow["rate_limited"] += 1
 
-    async def _claim(self, key: str):
+    async def _claim(self, key: str, ttl_s: float):
         info = callctx.current()
         remaining = info.remaining() if info is not None else None
         wait = self.policy.dedup.wait_timeout_s if remaining is None else max(min(
             remaining, self.policy.dedup.wait_timeout_s), 0.0)
         try:
-            return await self.dedup.claim(key, self.policy.dedup.ttl_s, wait_timeout_s=wait)
+            return await self.dedup.claim(key, ttl_s, wait_timeout_s=wait)
         except InFlightTimeout:
             raise DeadlineExceeded("a copy of this message is still being answered") from None
         except DedupUnavailable:
@@ -138,14 +139,28 @@ class EdgeGate:
 
     # -- per shape -------------------------------------------------------------------------
 
+    def _dedup_key(self, message: common_pb2.InboundMessage,
+                   dedupable: bool) -> tuple[str, float] | None:
+        """The key and TTL copies of ``message`` share, or None: never a copy."""
+        if dedupable:
+            return message.idempotency_key, self.policy.dedup.ttl_s
+        window = self.policy.dedup.content_window_s
+        if not window:
+            return None  # content alone never makes two messages the same, unless opted in
+        basis = "\x1f".join((message.tenant, message.channel, message.session_id,
+                              message.sender, message.content))
+        return "content:" + hashlib.sha256(basis.encode()).hexdigest()[:32], window
+
     async def unary(self, message: common_pb2.InboundMessage, method: str, dedupable: bool,
                     produce: Callable[[], Awaitable[common_pb2.Reply]]) -> tuple[common_pb2.Reply, bool]:
         """The reply to ``message`` and whether it was replayed (or coalesced)."""
         await self._limit(message, method)
-        if not dedupable:
+        keyed = self._dedup_key(message, dedupable)
+        if keyed is None:
             async with self._admitted(message):
                 return await produce(), False
-        claim = await self._claim(message.idempotency_key)
+        key, ttl = keyed
+        claim = await self._claim(key, ttl)
         if not claim.owner:
             if self.policy.dedup.enforce:
                 return common_pb2.Reply.FromString(claim.reply), True
@@ -156,9 +171,9 @@ class EdgeGate:
             async with self._admitted(message):
                 reply = await produce()
         except BaseException:
-            await self.dedup.release(message.idempotency_key)
+            await self.dedup.release(key)
             raise
-        await self.dedup.complete(message.idempotency_key, reply.SerializeToString())
+        await self.dedup.complete(key, reply.SerializeToString())
         return reply, False
 
     async def stream(self, message: common_pb2.InboundMessage, method: str, dedupable: bool,
@@ -166,7 +181,8 @@ class EdgeGate:
                      ) -> AsyncIterator[tuple[common_pb2.ReplyChunk, bool]]:
         """Chunks of the reply, each with ``replayed``; a replay is one final chunk."""
         await self._limit(message, method)
-        claim = await self._claim(message.idempotency_key) if dedupable else None
+        keyed = self._dedup_key(message, dedupable)
+        claim = await self._claim(*keyed) if keyed is not None else None
         if claim is not None and not claim.owner:
             if self.policy.dedup.enforce:
                 reply = common_pb2.Reply.FromString(claim.reply)
@@ -184,9 +200,9 @@ class EdgeGate:
         finally:
             if claim is not None:
                 if final is not None:
-                    await self.dedup.complete(message.idempotency_key, final.SerializeToString())
+                    await self.dedup.complete(keyed[0], final.SerializeToString())
                 else:
-                    await self.dedup.release(message.idempotency_key)
+                    await self.dedup.release(keyed[0])
 
     def stats(self) -> dict[str, float]:
         """Counters for metrics and `clawmesh health --verbose`."""

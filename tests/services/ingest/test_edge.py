@@ -139,3 +139,64 @@ async def test_two_ingest_replicas_sharing_redis_answer_a_copy_once(settings, tm
                 await c.close()
             for server in replicas:
                 await server.stop(0)
+
+
+async def test_content_window_is_opt_in_and_answers_a_copy_with_the_replay(settings, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("dedup: {content_window_s: 30}\n")
+    settings.ingest.policy_file = policy
+    stats = RpcStats()
+    async with inproc_mesh(settings, stats) as servers:
+        async with grpc.aio.insecure_channel(servers["ingest"].address) as channel:
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+            first, copy = [await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("ok?")),
+                                               metadata=TENANT, timeout=5) for _ in range(2)]
+            other = await ingest.Submit(ingest_pb2.SubmitRequest(
+                message=inbound("ok?", session="s-other")), metadata=TENANT, timeout=5)
+    assert not first.replayed and copy.replayed and copy.reply == first.reply
+    assert not other.replayed and generated(stats) == 2
+
+
+@pytest.mark.parametrize("on_error, code", [("fail_open", None),
+                                            ("fail_closed", grpc.StatusCode.UNAVAILABLE)])
+async def test_a_stalled_redis_costs_at_most_its_timeout(settings, tmp_path, redis_server, redis_url,
+                                                          on_error, code):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"backend: {{kind: redis, redis_url: '{redis_url}', op_timeout_ms: 50,"
+                      f" on_error: {on_error}}}\n"
+                      "rate_limits: {rules: [{match: {tenant: '*'}, limits: [{name: t, rate: 1000}]}]}\n")
+    settings.ingest.policy_file = policy
+    async with inproc_mesh(settings) as servers:
+        async with grpc.aio.insecure_channel(servers["ingest"].address) as channel:
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+            await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(msg_id="before")),
+                                metadata=TENANT, timeout=5)
+            loop = asyncio.get_running_loop()
+            redis_server.pause()
+            try:
+                for i in range(3):
+                    started = loop.time()
+                    call = ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(msg_id=f"p{i}")),
+                                         metadata=TENANT, timeout=5)
+                    if code is None:
+                        assert not (await call).replayed
+                    else:
+                        with pytest.raises(grpc.aio.AioRpcError) as err:
+                            await call
+                        assert err.value.code() == code
+                    assert loop.time() - started < 1.0  # a few 50 ms timeouts, never a stall
+            finally:
+                redis_server.resume()
+            # Back to normal (the limiter asks Redis again after its 1 s probe interval):
+            # copies are recognised again.
+            replayed = False
+            for _ in range(60):
+                try:
+                    replayed = (await ingest.Submit(ingest_pb2.SubmitRequest(
+                        message=inbound(msg_id="before")), metadata=TENANT, timeout=5)).replayed
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == code  # fail_closed until the probe
+                if replayed:
+                    break
+                await asyncio.sleep(0.05)  # polling another process's recovery
+            assert replayed
