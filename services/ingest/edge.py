@@ -56,15 +56,34 @@ def _rules(policy: EdgePolicy) -> list[Rule]:
     ]
 
 
+def _limiter(policy: EdgePolicy, backend, clock) -> RateLimiter | None:
+    rules = _rules(policy)
+    if not rules:
+        return None
+    return RateLimiter(rules, backend, fail_open=policy.backend.on_error == "fail_open",
+                       monotonic=clock)
+
+
+def _admission(policy: EdgePolicy, clock) -> AdmissionController:
+    a = policy.admission
+    return AdmissionController(
+        AIMDLimit(initial=a.initial_limit, min_limit=a.min_limit, max_limit=a.max_limit,
+                  target_latency_s=a.target_latency_ms / 1000.0),
+        max_queue=a.max_queue, clock=clock,
+    )
+
+
 class EdgeGate:
     """Rate limits, dedup and admission for one ingest process (state: memory or Redis)."""
 
     def __init__(self, policy: EdgePolicy, dedup: Deduplicator, limiter: RateLimiter | None,
-                 admission: AdmissionController) -> None:
+                 admission: AdmissionController, limit_backend=None, clock=time.monotonic) -> None:
         self.policy = policy
         self.dedup = dedup
         self.limiter = limiter
         self.admission = admission
+        self.limit_backend = limit_backend
+        self.clock = clock
         # One descriptor per distinct key set the rules use, keys in the rules' order.
         self.shapes = list(dict.fromkeys(tuple(r.match) for r in policy.rate_limits.rules))
         self.shadow: Counter[str] = Counter()  # what shadow mode let through
@@ -86,21 +105,35 @@ class EdgeGate:
             strategy=make_strategy(d.strategy, bloom_capacity=d.bloom_capacity,
                                    bloom_fp_rate=d.bloom_fp_rate),
         )
-        rules = _rules(policy)
-        limiter = RateLimiter(rules, limit_backend, fail_open=b.on_error == "fail_open",
-                              monotonic=clock) if rules else None
-        a = policy.admission
-        admission = AdmissionController(
-            AIMDLimit(initial=a.initial_limit, min_limit=a.min_limit, max_limit=a.max_limit,
-                      target_latency_s=a.target_latency_ms / 1000.0),
-            max_queue=a.max_queue, clock=clock,
-        )
-        return cls(policy, dedup, limiter, admission)
+        return cls(policy, dedup, _limiter(policy, limit_backend, clock),
+                   _admission(policy, clock), limit_backend, clock)
+
+    def reloaded(self, policy: EdgePolicy) -> tuple[EdgeGate, list]:
+        """A gate for ``policy`` that keeps the parts (and their state) it did not change.
+
+        Returns the new gate and the replaced parts to close once calls in flight are done.
+        A new backend section rebuilds everything.
+        """
+        if policy.backend != self.policy.backend:
+            return EdgeGate.from_policy(policy, self.clock), [self]
+        old: list = []
+        dedup = self.dedup
+        if policy.dedup != self.policy.dedup:
+            fresh = EdgeGate.from_policy(policy, self.clock)
+            dedup = fresh.dedup
+            old.append(self.dedup)
+        limiter = self.limiter
+        if policy.rate_limits != self.policy.rate_limits:
+            limiter = _limiter(policy, self.limit_backend, self.clock)  # same buckets store
+        admission = self.admission
+        if policy.admission != self.policy.admission:
+            admission = _admission(policy, self.clock)  # calls in flight release the old one
+        return EdgeGate(policy, dedup, limiter, admission, self.limit_backend, self.clock), old
 
     async def close(self) -> None:
         await self.dedup.aclose()
-        if self.limiter is not None:
-            await self.limiter.aclose()
+        if self.limit_backend is not None:
+            await self.limit_backend.aclose()  # the limiters share it
 
     # -- the three steps ---------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class MeshServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.host}:{settings.port}")
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._reloaders: list[Callable[[], Awaitable[None]]] = []
         self._stopped = False
 
     def _register(self, service: str, handlers: dict, chain: list[HandlerInterceptor]) -> None:
@@ -98,6 +99,18 @@ class MeshServer:
     @property
     def address(self) -> str:
         return f"{self.settings.host}:{self.port}"
+
+    def on_reload(self, reloader: Callable[[], Awaitable[None]]) -> None:
+        """Run ``reloader`` on SIGHUP (e.g. re-read a policy file); calls in flight go on."""
+        self._reloaders.append(reloader)
+
+    async def reload(self) -> None:
+        """What SIGHUP does: every reloader, each failure logged, none stopping the server."""
+        for reloader in self._reloaders:
+            try:
+                await reloader()
+            except Exception:  # noqa: BLE001 - a bad reload keeps the running configuration
+                log.exception("reload failed; keeping the running configuration")
 
     def on_stop(self, closer: Callable[[], Awaitable[None]]) -> None:
         """Run ``closer`` after the server has drained (close stores, channels ...)."""
@@ -140,6 +153,14 @@ class MeshServer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task] = set()
+
+        def hup() -> None:
+            task = loop.create_task(self.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hup)
         await self.start()
         if on_serving is not None:
             on_serving()

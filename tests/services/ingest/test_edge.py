@@ -200,3 +200,33 @@ async def test_a_stalled_redis_costs_at_most_its_timeout(settings, tmp_path, red
                     break
                 await asyncio.sleep(0.05)  # polling another process's recovery
             assert replayed
+
+
+async def test_reload_applies_a_new_policy_keeps_state_and_rejects_a_bad_file(settings, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("dedup: {ttl_s: 600}\n")
+    settings.ingest.policy_file = policy
+    async with inproc_mesh(settings) as servers:
+        ingest_server = servers["ingest"]
+        async with grpc.aio.insecure_channel(ingest_server.address) as channel:
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+
+            async def send(text, msg_id=""):
+                return await ingest.Submit(ingest_pb2.SubmitRequest(
+                    message=inbound(text, msg_id=msg_id)), metadata=TENANT, timeout=5)
+
+            await send("a", msg_id="kept")
+            policy.write_text("dedup: {ttl_s: 600}\n"
+                              "rate_limits: {rules: [{match: {tenant: '*'},"
+                              " limits: [{name: tight, rate: 1, per: hour, burst: 2}]}]}\n")
+            await ingest_server.reload()  # what SIGHUP runs
+            assert (await send("again", msg_id="kept")).replayed  # dedup state survived (1 quota)
+            await send("b")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await send("c")
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "tight" in err.value.details()
+            policy.write_text("rate_limits: {rules: [{match: {color: red}}]}\n")  # invalid
+            await ingest_server.reload()
+            with pytest.raises(grpc.aio.AioRpcError):  # the running policy stays
+                await send("d")
