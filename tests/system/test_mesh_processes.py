@@ -255,3 +255,38 @@ async def test_stop_goes_edge_first_and_in_flight_requests_complete(tmp_path):
     finally:
         unwatch()
         await mesh.stop()
+
+
+async def test_sighup_reloads_ingest_policy_without_a_restart(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("dedup: {ttl_s: 600}\n")
+    mesh = MeshProcesses(mesh_env(tmp_path, CLAWMESH_INGEST__POLICY_FILE=str(policy)))
+    await mesh.start()
+    try:
+        async with grpc.aio.insecure_channel(mesh.target("ingest")) as channel:
+            ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+
+            async def send(text):
+                return await ingest.Submit(ingest_pb2.SubmitRequest(message=message(text)), timeout=10)
+
+            await send("before")
+            policy.write_text("rate_limits: {rules: [{match: {tenant: '*'},"
+                              " limits: [{name: after-hup, rate: 1, per: hour, burst: 1}]}]}\n")
+            pid = mesh.procs["ingest"].pid
+            os.kill(pid, signal.SIGHUP)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            refused = None
+            while refused is None:  # the reload runs on ingest's loop: poll with a deadline
+                assert loop.time() < deadline, "the new limit never applied"
+                try:
+                    await send("after")
+                except grpc.aio.AioRpcError as exc:
+                    refused = exc
+                else:
+                    await asyncio.sleep(0.05)
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "after-hup" in refused.details()
+            assert mesh.procs["ingest"].pid == pid and mesh.procs["ingest"].poll() is None
+    finally:
+        await mesh.stop()
