@@ -11,6 +11,15 @@ the previous one is answered. With ``rate`` > 0 (Submit only) the run is open
 loop: calls start on a fixed schedule whatever the replies do, and latency is
 measured from the scheduled start (so a late client counts against the result).
 
+Options (spec keys): ``timeout_s`` — a per-call deadline (gRPC ``timeout=``) for
+echo, submit and submit_stream; ``max_in_flight`` — open loop: calls allowed in
+flight before the schedule waits (default ``max(256, 8 * concurrency)``);
+``within_ms`` — thresholds (default ``[100]``) for the per-code latency summary;
+``no_message_id`` — messages without ``channel_message_id`` (ingest then never
+deduplicates them). Every failed call's latency from its actual send is kept per
+status code and summarised in ``error_latency``; an open-loop run also reports
+``open_loop`` (calls scheduled, how late the client started them).
+
 Modes: ``echo`` (EchoService/Echo), ``submit``, ``submit_stream``, ``converse``
 (``concurrency // depth`` bidi streams held open for the whole window, ``depth``
 messages in flight on each), ``inprocess`` (no gRPC: the five cores in this
@@ -56,8 +65,9 @@ def percentile(sorted_ns: list[int], q: float) -> float:
 class Requests:
     """Prebuilt requests, handed out in order; more are built if the pool runs out."""
 
-    def __init__(self, mode: str, size: int) -> None:
+    def __init__(self, mode: str, size: int, message_ids: bool = True) -> None:
         self.mode = mode
+        self.message_ids = message_ids
         self.run = uuid.uuid4().hex[:12]
         self.next = 0
         self.items: list = []
@@ -71,7 +81,8 @@ class Requests:
 
             return echo_pb2.EchoRequest(message="hello world").SerializeToString()
         msg = common_pb2.InboundMessage(
-            channel="bench", channel_message_id=f"{self.run}-{i}", sender=f"user-{i % 50}",
+            channel="bench", channel_message_id=f"{self.run}-{i}" if self.message_ids else "",
+            sender=f"user-{i % 50}",
             session_id=f"bench-{self.run}-{i % 64}", content=f"benchmark message {i}")
         if self.mode == "inprocess":
             return msg
@@ -100,7 +111,14 @@ class Stats:
         self.lat_ns: list[int] = []      # per OK message
         self.sent_lat_ns: list[int] = []  # open loop: from the actual send, not the schedule
         self.errors: Counter = Counter()
+        self.error_lat_ns: dict[str, list[int]] = {}  # per status code, from the actual send
+        self.late_ns: list[int] = []  # open loop: actual send - scheduled start, per call
         self.streams = 0
+
+    def failed(self, code: str, t0: int | None = None) -> None:
+        self.errors[code] += 1
+        if t0 is not None:
+            self.error_lat_ns.setdefault(code, []).append(time.perf_counter_ns() - t0)
 
 
 async def closed_loop(call_one, concurrency: int, seconds: float, stats: Stats) -> None:
@@ -134,7 +152,7 @@ async def open_loop(call_at, rate: float, seconds: float, max_in_flight: int, st
         await asyncio.wait(tasks)
 
 
-def grpc_calls(mode: str, channel, requests: Requests):
+def grpc_calls(mode: str, channel, requests: Requests, timeout_s: float | None = None):
     import grpc
 
     perf = time.perf_counter_ns
@@ -145,19 +163,20 @@ def grpc_calls(mode: str, channel, requests: Requests):
             req = requests.take()
             t0 = perf()
             try:
-                await method(req)
+                await method(req, timeout=timeout_s)
             except grpc.aio.AioRpcError as exc:
-                stats.errors[exc.code().name] += 1
+                stats.failed(exc.code().name, t0)
                 return
             stats.lat_ns.append(perf() - t0)
 
         async def call_at(due: float, stats: Stats) -> None:
             req = requests.take()
             t0 = perf()
+            stats.late_ns.append(max(0, t0 - int(due * 1e9)))
             try:
-                await method(req)
+                await method(req, timeout=timeout_s)
             except grpc.aio.AioRpcError as exc:
-                stats.errors[exc.code().name] += 1
+                stats.failed(exc.code().name, t0)
                 return
             t1 = perf()
             stats.lat_ns.append(t1 - int(due * 1e9))
@@ -172,13 +191,13 @@ def grpc_calls(mode: str, channel, requests: Requests):
             t0 = perf()
             chunks = 0
             try:
-                async for _ in method(req):
+                async for _ in method(req, timeout=timeout_s):
                     chunks += 1
             except grpc.aio.AioRpcError as exc:
-                stats.errors[exc.code().name] += 1
+                stats.failed(exc.code().name, t0)
                 return
             if chunks == 0:
-                stats.errors["NO_CHUNKS"] += 1
+                stats.failed("NO_CHUNKS", t0)
                 return
             stats.lat_ns.append(perf() - t0)
 
@@ -221,7 +240,7 @@ async def converse_window(channel, requests: Requests, streams: int, depth: int,
                 if t0 is None:
                     stats.errors["UNKNOWN_CORRELATION_ID"] += 1
                 elif resp.HasField("error"):
-                    stats.errors[f"inband:{resp.error.code}"] += 1
+                    stats.failed(f"inband:{resp.error.code}", t0)
                 else:
                     stats.lat_ns.append(perf() - t0)
                 slots.release()
@@ -247,11 +266,14 @@ async def run(spec: dict) -> dict:
     rate = float(spec.get("rate", 0))
     depth = int(spec.get("depth", 8))
     pids = {name: int(pid) for name, pid in (spec.get("pids") or {}).items()}
+    timeout_s = float(spec["timeout_s"]) if spec.get("timeout_s") else None
+    max_in_flight = int(spec.get("max_in_flight") or max(256, 8 * concurrency))
+    within_ms = [float(x) for x in spec.get("within_ms", [100])]
     if rate and mode not in ("submit", "echo"):
         raise SystemExit("rate (open loop) is for submit and echo only")
     expected = rate * (seconds + warmup) if rate else float(spec.get("pool_hint_rps", 4000)) * (
         seconds + warmup)
-    requests = Requests(mode, int(expected * 1.1) + 1000)
+    requests = Requests(mode, int(expected * 1.1) + 1000, message_ids=not spec.get("no_message_id"))
 
     channel = mesh_cm = None
     if mode == "inprocess":
@@ -268,7 +290,7 @@ async def run(spec: dict) -> dict:
             try:
                 await mesh.submit(msg)
             except Exception as exc:  # noqa: BLE001 - counted, named in the report
-                stats.errors[type(exc).__name__] += 1
+                stats.failed(type(exc).__name__, t0)
                 return
             stats.lat_ns.append(perf() - t0)
 
@@ -279,14 +301,14 @@ async def run(spec: dict) -> dict:
         channel = grpc.aio.insecure_channel(spec["target"])
         await asyncio.wait_for(channel.channel_ready(), 10)
         if mode != "converse":
-            call_one, call_at = grpc_calls(mode, channel, requests)
+            call_one, call_at = grpc_calls(mode, channel, requests, timeout_s)
 
     async def phase(length: float, stats: Stats) -> None:
         if mode == "converse":
             streams = max(1, concurrency // depth)
             await converse_window(channel, requests, streams, depth, length, stats)
         elif rate:
-            await open_loop(call_at, rate, length, max(256, 8 * concurrency), stats)
+            await open_loop(call_at, rate, length, max_in_flight, stats)
         else:
             await closed_loop(call_one, concurrency, length, stats)
 
@@ -325,7 +347,26 @@ async def run(spec: dict) -> dict:
     if stats.sent_lat_ns:
         sent = sorted(stats.sent_lat_ns)
         out["from_send"] = {"p50_ms": percentile(sent, 0.5), "p99_ms": percentile(sent, 0.99)}
+    if timeout_s:
+        out["timeout_s"] = timeout_s
+    out["error_latency"] = {code: latency_summary(ns, within_ms)
+                            for code, ns in sorted(stats.error_lat_ns.items())}
+    if rate:
+        late = sorted(stats.late_ns)
+        out["open_loop"] = {"window_s": seconds, "scheduled": len(late),
+                            "offered_per_s": len(late) / seconds if seconds else 0.0,
+                            "late_p50_ms": percentile(late, 0.5), "late_p99_ms": percentile(late, 0.99),
+                            "late_max_ms": late[-1] / 1e6 if late else 0.0,
+                            "max_in_flight": max_in_flight}
     return out
+
+
+def latency_summary(ns: list[int], within_ms: list[float]) -> dict:
+    """Count, percentiles and how many were at or under each threshold (ms)."""
+    lat = sorted(ns)
+    return {"count": len(lat), "p50_ms": percentile(lat, 0.5), "p90_ms": percentile(lat, 0.9),
+            "p99_ms": percentile(lat, 0.99), "max_ms": lat[-1] / 1e6 if lat else 0.0,
+            "within": {f"{w:g}": sum(1 for x in lat if x <= w * 1e6) for w in within_ms}}
 
 
 def main(argv: list[str] | None = None) -> int:

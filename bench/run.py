@@ -12,7 +12,11 @@ process) unless stated, all on 127.0.0.1:
 * the in-process bound: the five cores in one process, no gRPC
   (``clawmesh.launcher.inprocess.direct_mesh``), in a child process of its own;
 * the ``clawmesh load`` engine against the echo server, for its client CPU per
-  call next to the lean client's; h2load (a C client) for echo and Submit.
+  call next to the lean client's; h2load (a C client) for echo and Submit;
+* overload: Submit open loop at 3× the max Submit rate (stream hops, default edge
+  policy), 2 s deadline per call — goodput, refusals, admitted latency;
+* the edge gate on vs off: one mesh (stream hops) with several ingest processes in
+  front of it, each with its own policy file, Submit alternated round by round.
 
 For every row, CPU µs per message of each process comes from /proc/<pid>/stat
 over the measured window. Writes ``<out>/RESULTS.md`` and ``<out>/results.json``;
@@ -52,6 +56,17 @@ GOAL_STREAM_VS_UNARY = 2.0
 GOAL_ECHOES = 6.0
 GOAL_P99_MS = 10.0
 GOAL_CONVERSE = 1.2
+# The goals of the issue "the edge: rate limits, dedup, admission".
+OVERLOAD_TRANSPORT = "stream"
+GOAL_GOODPUT = 0.9          # OK replies/s under 3x overload ÷ the measured capacity
+REFUSAL_FAST_MS = 100.0     # a refusal should be this quick ...
+GOAL_REFUSED_FAST = 0.9     # ... and RESOURCE_EXHAUSTED, for this share of the failures
+GOAL_ADMITTED_P99 = 2.0     # admitted p99 under overload ÷ unloaded p99
+GOAL_GATE = 0.85            # Submit/s, edge gate on ÷ off (in-process backends)
+# A rate limit that never refuses: the limiter's cost without its refusals.
+NEVER_REFUSING = {"rules": [{"match": {"tenant": "*"},
+                             "limits": [{"name": "big", "rate": 1000000, "burst": 1000000}]}]}
+POLICY_OFF = {"dedup": {"enforce": False}, "admission": {"enforce": False}}
 
 
 _HANDED_OUT: set[int] = set()
@@ -283,8 +298,11 @@ class Bench:
             half = max(1.0, round(max_submit / 2))
             self.log(f"  Submit open loop at {half:.0f}/s (half max) [{transport}] ...")
             res = await lean(self.spec("submit", target=ingest, pids=pids, rate=half), self.lean_env)
-            self.report(make_row(f"e2e Submit open loop at {half:.0f}/s (half max)", "half_rate",
-                                 transport, res, MESH))
+            half_row = make_row(f"e2e Submit open loop at {half:.0f}/s (half max)", "half_rate",
+                                transport, res, MESH)
+            self.report(half_row)
+            if transport == OVERLOAD_TRANSPORT and self.args.overload_seconds > 0:
+                results["overload"] = await self.overload(ingest, pids, max_submit, half_row)
 
             self.log(f"  h2load on Submit [{transport}] ...")
             results["h2load"][f"submit ({transport} hops)"] = h2load(
@@ -339,6 +357,164 @@ class Bench:
             for f in files:
                 f.close()
 
+    async def overload(self, ingest: str, pids: dict, capacity: float, unloaded: dict) -> dict:
+        """Submit open loop at ``overload_factor`` × ``capacity``, a deadline on every call.
+
+        The mesh is the one the rows above measured (default edge policy: no policy
+        file — admission with an AIMD limit, dedup, no rate limits).
+        """
+        a = self.args
+        rate = max(1.0, round(a.overload_factor * capacity))
+        self.log(f"  overload: Submit open loop at {rate:.0f}/s ({a.overload_factor:g}× max) for "
+                 f"{a.overload_seconds:g}s, timeout {a.overload_timeout:g}s [{OVERLOAD_TRANSPORT}] ...")
+        res = await lean(self.spec(
+            "submit", target=ingest, pids=pids, rate=rate, seconds=a.overload_seconds,
+            timeout_s=a.overload_timeout, within_ms=[REFUSAL_FAST_MS],
+            # open loop for real: never wait for replies before the next scheduled call
+            max_in_flight=int(rate * (a.overload_timeout + 1)) + 256), self.lean_env)
+        window = res["open_loop"]["window_s"]
+        ok, failures = res["ok"], res["errors"]
+        refused = res["error_latency"].get("RESOURCE_EXHAUSTED") or {"count": 0, "within": {}}
+        fast = refused["within"].get(f"{REFUSAL_FAST_MS:g}", 0)
+        total_cpu = sum(res["cpu_s_by_pid"].values())
+        out = {
+            "transport": OVERLOAD_TRANSPORT, "policy": "default (no policy file)",
+            "factor": a.overload_factor, "seconds": window, "timeout_s": a.overload_timeout,
+            "capacity_per_s": capacity, "rate_target": rate,
+            "offered_per_s": res["open_loop"]["offered_per_s"], "open_loop": res["open_loop"],
+            "ok": ok, "failures": failures, "codes": {"OK": ok, **res["error_codes"]},
+            "goodput_per_s": ok / window if window else 0.0,
+            "goodput_ratio": ok / window / capacity if window and capacity else 0.0,
+            "refused": refused["count"], "refused_fast": fast,
+            "refused_share": refused["count"] / failures if failures else None,
+            "refused_fast_share": fast / refused["count"] if refused["count"] else None,
+            "refused_fast_share_of_failures": fast / failures if failures else None,
+            "error_latency": res["error_latency"],
+            "admitted": {"p50_ms": res["p50_ms"], "p90_ms": res["p90_ms"], "p99_ms": res["p99_ms"],
+                         "max_ms": res["max_ms"], "from_send": res.get("from_send") or {}},
+            "unloaded": {"row": unloaded["name"], "rate": unloaded["rate_target"],
+                         "p50_ms": unloaded["p50_ms"], "p99_ms": unloaded["p99_ms"],
+                         "from_send": unloaded.get("from_send") or {}},
+            "server_cpu_us": total_cpu * 1e6 / ok if ok else None,
+            "cpu_busy_pct": 100 * (total_cpu + res["cpu_s"]) / (res["elapsed_s"] * (os.cpu_count() or 1)),
+        }
+        codes = ", ".join(f"{k} {v}" for k, v in out["codes"].items())
+        self.log(f"    offered {out['offered_per_s']:.0f}/s, goodput {out['goodput_per_s']:.0f}/s "
+                 f"= {out['goodput_ratio']:.2f}× capacity; {codes}; admitted p99 "
+                 f"{out['admitted']['from_send'].get('p99_ms', 0):.1f} ms from send")
+        return out
+
+    async def gate_rounds(self, results: dict) -> None:
+        """Submit/s with the edge gate on vs off: one mesh, one ingest per policy, alternated.
+
+        Routing, provider, memory and metrics are shared: only the ingest process in
+        front differs, so the ratio is the gate's cost and nothing else. The order of
+        the variants rotates each round so none always runs first or last.
+        """
+        import yaml
+
+        base = {f"CLAWMESH_{n.upper()}__PORT": str(free_port()) for n in SERVICES}
+        base.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / "data-gate"),
+                    CLAWMESH_LOG_LEVEL="WARNING", CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0",
+                    CLAWMESH_INTERNAL_TRANSPORT=OVERLOAD_TRANSPORT)
+        redis_proc = None
+        redis_url = None
+        gate: dict = {"transport": OVERLOAD_TRANSPORT, "policies": {}, "rounds": []}
+        policies: dict[str, dict | None] = {
+            "on": None, "on_limit": {"rate_limits": NEVER_REFUSING}, "off": POLICY_OFF}
+        if shutil.which("redis-server"):
+            try:
+                redis_proc, redis_url = await self.start_redis()
+                policies["on_limit_redis"] = {"backend": {"kind": "redis", "redis_url": redis_url},
+                                              "rate_limits": NEVER_REFUSING}
+            except RuntimeError as exc:
+                gate["redis_missing"] = str(exc)
+        else:
+            gate["redis_missing"] = "redis-server not installed"
+        # (what is measured, which ingest, lean client options)
+        plan = [("on", "on", {}), ("on_limit", "on_limit", {}), ("off", "off", {}),
+                ("off_no_ids", "off", {"no_message_id": True})]
+        if "on_limit_redis" in policies:
+            plan.insert(2, ("on_limit_redis", "on_limit_redis", {}))
+        files = []
+        meshes: dict[str, MeshProcesses] = {}
+        try:
+            for name, policy in policies.items():
+                env = dict(base)
+                if name != "on":  # "on" is the back mesh's own ingest: no policy file
+                    env["CLAWMESH_INGEST__PORT"] = str(free_port())
+                    path = self.work / f"policy-{name}.yaml"
+                    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+                    env["CLAWMESH_INGEST__POLICY_FILE"] = str(path)
+                gate["policies"][name] = policy
+                log_path = self.work / f"mesh-gate-{name}.stderr"
+                files.append(log_path.open("wb"))
+                mesh = MeshProcesses(child_env(self.env_base, env), stderr=files[-1],
+                                     services=START_ORDER if name == "on" else ("ingest",))
+                meshes[name] = mesh
+                try:
+                    await mesh.start()
+                except Exception as exc:
+                    files[-1].flush()
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"gate mesh ({name}) did not start: {exc}\n{tail}") from exc
+            back = {n: p.pid for n, p in meshes["on"].procs.items()}
+            for i in range(self.args.gate_rounds):
+                k = i % len(plan)
+                one = {}
+                for key, ingest_name, extra in plan[k:] + plan[:k]:
+                    mesh = meshes[ingest_name]
+                    pids = {**back, "ingest": mesh.procs["ingest"].pid}
+                    if key == "on_limit_redis":
+                        pids["redis"] = redis_proc.pid
+                    self.log(f"  gate round {i + 1}/{self.args.gate_rounds}: Submit [{key}] ...")
+                    res = await lean(self.spec("submit", target=mesh.target("ingest"), pids=pids, **extra),
+                                     self.lean_env)
+                    one[key] = gate_point(res)
+                    self.log(f"    {res['ok_per_s']:.0f}/s, {one[key]['server_cpu_us']:.0f} µs per message "
+                             f"(ingest {one[key]['ingest_cpu_us']:.0f}), errors {res['errors']}")
+                gate["rounds"].append(one)
+        finally:
+            for name in reversed(list(meshes)):  # the extra ingests first, the back mesh last
+                await meshes[name].stop(grace_s=2)
+            for f in files:
+                f.close()
+            if redis_proc is not None and redis_proc.returncode is None:
+                redis_proc.terminate()
+                await asyncio.wait_for(redis_proc.wait(), 10)
+        gate["measured"] = [key for key, _, _ in plan]
+        gate["ratios"] = gate_ratios(gate["rounds"])
+        results["gate"] = gate
+
+    async def start_redis(self):
+        """A redis-server of our own on a free port, in the run's temp dir (no persistence)."""
+        port = free_port()
+        rdir = self.work / "redis"
+        rdir.mkdir()
+        proc = await asyncio.create_subprocess_exec(
+            shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(rdir),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"PING\r\n")
+                await writer.drain()
+                pong = await asyncio.wait_for(reader.read(16), 1)
+                writer.close()
+                if pong.startswith(b"+PONG"):
+                    return proc, f"redis://127.0.0.1:{port}/0"
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                proc.terminate()
+                await proc.wait()
+                raise RuntimeError("redis-server did not answer PING")
+            await asyncio.sleep(0.02)  # polling a process we started
+
     async def inprocess_row(self, results: dict) -> None:
         self.log("in-process bound: the five cores in one process, no gRPC ...")
         env = child_env(self.env_base, {
@@ -354,6 +530,90 @@ class Bench:
         res["cpu_s_by_pid"] = {"inprocess": res["cpu_s"]}
         self.report(make_row("in-process bound (5 cores, 1 process, no gRPC)", "inprocess", None, res,
                              ("inprocess",)))
+
+
+def gate_point(res: dict) -> dict:
+    """One gate measurement from a lean client result; CPU in µs per OK message."""
+    ok = res["ok"]
+    cpu = res["cpu_s_by_pid"]
+
+    def per(seconds: float) -> float:
+        return seconds * 1e6 / ok if ok else 0.0
+
+    return {"msgs_per_s": res["ok_per_s"], "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"], "ok": ok,
+            "errors": res["errors"], "error_codes": res["error_codes"],
+            "server_cpu_us": per(sum(cpu.values())), "ingest_cpu_us": per(cpu["ingest"]),
+            "redis_cpu_us": per(cpu["redis"]) if "redis" in cpu else None}
+
+
+def gate_ratios(rounds: list[dict]) -> dict:
+    """Per variant: its Submit/s ÷ the off policy's (and ÷ no dedup work), each round, and the median."""
+    out = {}
+    for base in ("off", "off_no_ids"):
+        for key in ("on", "on_limit", "on_limit_redis", "off"):
+            if key == base:
+                continue
+            each = [x[key]["msgs_per_s"] / x[base]["msgs_per_s"] for x in rounds
+                    if key in x and base in x and x[base]["msgs_per_s"]]
+            if each:
+                out[f"{key}/{base}"] = {"median": statistics.median(each), "rounds": each}
+    return out
+
+
+def overload_goals(o: dict) -> list[dict]:
+    cap = (f"{o['goodput_per_s']:.0f} OK/s vs capacity {o['capacity_per_s']:.0f}/s (the max-rate Submit "
+           f"row, {o['transport']} hops) = {o['goodput_ratio']:.2f}×, offered {o['offered_per_s']:.0f}/s "
+           f"({o['factor']:g}× for {o['seconds']:g} s, {o['timeout_s']:g} s deadline)")
+    out = [{"goal": f"overload ({o['factor']:g}× max, default policy): goodput ≥ {GOAL_GOODPUT:g}× capacity",
+            "measured": cap, "value": o["goodput_ratio"], "met": o["goodput_ratio"] >= GOAL_GOODPUT}]
+    codes = ", ".join(f"{k} {v}" for k, v in o["codes"].items())
+    if o["failures"]:
+        share = o["refused_fast_share_of_failures"]
+        measured = (f"{share:.0%} of {o['failures']} failures were RESOURCE_EXHAUSTED within "
+                    f"{REFUSAL_FAST_MS:g} ms ({o['refused_share']:.0%} RESOURCE_EXHAUSTED; of those "
+                    f"{(o['refused_fast_share'] or 0):.0%} within {REFUSAL_FAST_MS:g} ms); codes: {codes}")
+        met = share >= GOAL_REFUSED_FAST
+    else:
+        share, met = None, None
+        measured = f"no failures to judge (codes: {codes})"
+    out.append({"goal": f"overload: ≥ {GOAL_REFUSED_FAST:.0%} of refusals are RESOURCE_EXHAUSTED within "
+                        f"{REFUSAL_FAST_MS:g} ms", "measured": measured, "value": share, "met": met})
+    adm, unl = o["admitted"], o["unloaded"]
+    adm_p99 = adm["from_send"].get("p99_ms", adm["p99_ms"])
+    unl_p99 = unl["from_send"].get("p99_ms", unl["p99_ms"])
+    ratio = adm_p99 / unl_p99 if unl_p99 else 0.0
+    measured = (f"from the actual send: {adm_p99:.1f} ms vs {unl_p99:.2f} ms at {unl['rate']:.0f}/s "
+                f"(half max) = {ratio:.1f}×; from the schedule: {adm['p99_ms']:.1f} ms vs "
+                f"{unl['p99_ms']:.2f} ms (client started calls late by p99 "
+                f"{o['open_loop']['late_p99_ms']:.1f} ms)")
+    if not o["ok"]:
+        measured, ratio = "no call succeeded", None
+    out.append({"goal": f"overload: admitted p99 ≤ {GOAL_ADMITTED_P99:g}× unloaded p99",
+                "measured": measured, "value": ratio,
+                "met": None if ratio is None else ratio <= GOAL_ADMITTED_P99})
+    return out
+
+
+def gate_goal(g: dict) -> dict:
+    ratios = g["ratios"]
+    inproc = [k for k in ("on/off", "on_limit/off") if k in ratios]
+    goal = f"edge gate on ÷ off ≥ {GOAL_GATE:g}× (Submit/s, in-process backends)"
+    if not inproc:
+        return {"goal": goal, "measured": "not measured", "value": None, "met": None}
+    value = min(ratios[k]["median"] for k in inproc)
+
+    def fig(key: str) -> str:
+        x = ratios.get(key)
+        return "—" if x is None else f"{x['median']:.2f}×"
+
+    measured = (f"median of {len(g['rounds'])} alternated rounds: default policy {fig('on/off')}, "
+                f"+ never-refusing rate limit {fig('on_limit/off')}; on Redis (figure) "
+                f"{fig('on_limit_redis/off')}. Against no dedup work at all (off policy, messages "
+                f"without ids): default {fig('on/off_no_ids')}, + limit {fig('on_limit/off_no_ids')}, "
+                f"off (shadow dedup) {fig('off/off_no_ids')}")
+    if g.get("redis_missing"):
+        measured += f"; Redis not measured: {g['redis_missing']}"
+    return {"goal": goal, "measured": measured, "value": value, "met": value >= GOAL_GATE}
 
 
 def goals(r: dict) -> list[dict]:
@@ -417,6 +677,10 @@ def goals(r: dict) -> list[dict]:
     out.append({"goal": f"Converse msgs/s ≥ {GOAL_CONVERSE:g}× unary Submit/s (stream hops)",
                 "measured": f"{conv['msgs_per_s']:.0f} vs {sub['stream']['msgs_per_s']:.0f}/s = {ratio:.2f}×",
                 "value": ratio, "met": ratio >= GOAL_CONVERSE})
+    if r.get("overload"):
+        out += overload_goals(r["overload"])
+    if r.get("gate"):
+        out.append(gate_goal(r["gate"]))
     return out
 
 
@@ -437,6 +701,9 @@ async def main_async(args) -> dict:
         if args.rounds:
             log("A/B: both meshes side by side, Submit alternated")
             await bench.ab_rounds(results)
+        if args.gate_rounds:
+            log("edge gate on vs off: one mesh, one ingest per policy, Submit alternated")
+            await bench.gate_rounds(results)
         await bench.inprocess_row(results)
     finally:
         shutil.rmtree(bench.work, ignore_errors=True)
@@ -568,6 +835,10 @@ def render_markdown(r: dict) -> str:
             ratio = s_["msgs_per_s"] / u["msgs_per_s"] if u["msgs_per_s"] else 0
             lines.append(f"| {i} | {u['msgs_per_s']:.0f} | {s_['msgs_per_s']:.0f} | {ratio:.2f} "
                          f"| {u['server_cpu_us']:.0f} | {s_['server_cpu_us']:.0f} |")
+    if r.get("overload"):
+        lines += render_overload(r["overload"])
+    if r.get("gate"):
+        lines += render_gate(r["gate"], r["settings"]["concurrency"])
     lines += ["", "## Goals", "", "| goal | measured | status |", "|---|---|---|"]
     for g in r["goals"]:
         status = "not measured" if g["met"] is None else "**met**" if g["met"] else "**not met**"
@@ -583,6 +854,91 @@ def render_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+GATE_LABELS = {
+    "on": "on: default policy (no file) — dedup + admission (AIMD)",
+    "on_limit": "on + a rate-limit rule that never refuses (in-process)",
+    "on_limit_redis": "on + never-refusing rate limit, state on Redis (dedup and limits)",
+    "off": "off: policy file `{dedup: {enforce: false}, admission: {enforce: false}}`",
+    "off_no_ids": "off, messages without channel_message_id (no dedup work at all)",
+}
+
+
+def render_overload(o: dict) -> list[str]:
+    ol = o["open_loop"]
+    adm, unl = o["admitted"], o["unloaded"]
+    lines = [
+        "", f"## Overload ({o['factor']:g}× the max Submit rate, {o['transport']} hops, default edge policy)",
+        "",
+        f"The {o['transport']}-hops mesh above, no policy file (admission on with an AIMD limit, dedup on, "
+        f"no rate limits). Submit open loop at {o['rate_target']:.0f}/s = {o['factor']:g}× the max-rate "
+        f"Submit row ({o['capacity_per_s']:.0f}/s) for {o['seconds']:g} s after a discarded warm-up at the "
+        f"same rate, each call with a {o['timeout_s']:g} s deadline (gRPC `timeout`); calls in flight are "
+        "not capped, so the schedule never waits for replies. Goodput = OK replies ÷ the scheduled window. "
+        f"The client started {ol['scheduled']} calls ({ol['offered_per_s']:.0f}/s), late against the "
+        f"schedule by p50 {ol['late_p50_ms']:.1f} ms, p99 {ol['late_p99_ms']:.1f} ms, max "
+        f"{ol['late_max_ms']:.1f} ms (it shares the CPUs with the mesh). CPU busy {o['cpu_busy_pct']:.0f} %.",
+        "",
+        "| offered/s | goodput/s | goodput ÷ capacity | failures | RESOURCE_EXHAUSTED share of failures "
+        f"| of those ≤ {REFUSAL_FAST_MS:g} ms |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {o['offered_per_s']:.0f} | {o['goodput_per_s']:.0f} | {o['goodput_ratio']:.2f}× | {o['failures']} "
+        f"| {_pct(o['refused_share'])} | {_pct(o['refused_fast_share'])} |",
+        "",
+        "| status | calls | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    fs = adm["from_send"]
+    lines.append(f"| OK (latency from the actual send) | {o['ok']} | {fs.get('p50_ms', 0):.2f} | — "
+                 f"| {fs.get('p99_ms', 0):.2f} | — |")
+    lines.append(f"| OK (latency from the schedule) | {o['ok']} | {adm['p50_ms']:.2f} | {adm['p90_ms']:.2f} "
+                 f"| {adm['p99_ms']:.2f} | {adm['max_ms']:.2f} |")
+    for code, e in o["error_latency"].items():
+        lines.append(f"| {code} (from the actual send) | {e['count']} | {e['p50_ms']:.2f} | {e['p90_ms']:.2f} "
+                     f"| {e['p99_ms']:.2f} | {e['max_ms']:.2f} |")
+    ufs = unl["from_send"]
+    lines += ["", f"Unloaded reference: {unl['row']} — p50 {unl['p50_ms']:.2f} ms, p99 {unl['p99_ms']:.2f} ms "
+              f"from the schedule; p50 {ufs.get('p50_ms', 0):.2f} ms, p99 {ufs.get('p99_ms', 0):.2f} ms from "
+              "the actual send."]
+    return lines
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{v:.0%}"
+
+
+def render_gate(g: dict, concurrency: int) -> list[str]:
+    keys = g["measured"]
+    lines = [
+        "", f"## Edge gate on vs off ({g['transport']} hops)", "",
+        "One mesh (routing, provider, memory, metrics) with one ingest process per policy in front of it, "
+        f"all up side by side; Submit at {concurrency} callers, closed loop, each variant in turn, the order "
+        "rotated every round, so only the ingest in front differs and drift hits every variant alike. "
+        "Ratios are medians over rounds of Submit/s ÷ the same round's off variant. \"Off\" is shadow "
+        "mode, not absence: with `dedup.enforce: false` ingest still claims and completes every message's "
+        "key in the dedup store (it only skips the replay), and admission is skipped; the last variant "
+        "sends messages without `channel_message_id`, which ingest never deduplicates, so it measures no "
+        "gate work at all. Σ server µs/msg includes the Redis server's CPU on the Redis variant.",
+        "",
+        "| variant | " + " | ".join(f"round {i} msgs/s" for i in range(1, len(g["rounds"]) + 1))
+        + " | ÷ off (median) | ÷ no dedup work (median) | Σ server µs/msg | ingest µs/msg | errors |",
+        "|---|" + "---:|" * (len(g["rounds"]) + 5),
+    ]
+    for key in keys:
+        pts = [x[key] for x in g["rounds"] if key in x]
+        r_off = g["ratios"].get(f"{key}/off")
+        r_bare = g["ratios"].get(f"{key}/off_no_ids")
+        lines.append(
+            f"| {GATE_LABELS.get(key, key)} | " + " | ".join(f"{x['msgs_per_s']:.0f}" for x in pts)
+            + f" | {'1.00×' if key == 'off' else '—' if r_off is None else format(r_off['median'], '.2f') + '×'}"
+            + f" | {'1.00×' if key == 'off_no_ids' else '—' if r_bare is None else format(r_bare['median'], '.2f') + '×'}"
+            + f" | {statistics.median(x['server_cpu_us'] for x in pts):.0f}"
+            + f" | {statistics.median(x['ingest_cpu_us'] for x in pts):.0f}"
+            + f" | {sum(x['errors'] for x in pts)} |")
+    if g.get("redis_missing"):
+        lines += ["", f"Redis variant not measured: {g['redis_missing']}."]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured length of each row")
@@ -592,6 +948,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench"), help="where RESULTS.md goes")
     parser.add_argument("--rounds", type=int, default=3,
                         help="A/B rounds of Submit, unary vs stream hops back to back (0: none)")
+    parser.add_argument("--overload-seconds", type=float, default=10.0,
+                        help="length of the overload run (0: none)")
+    parser.add_argument("--overload-factor", type=float, default=3.0,
+                        help="overload offered rate ÷ the max Submit rate (stream hops)")
+    parser.add_argument("--overload-timeout", type=float, default=2.0,
+                        help="deadline of each overload call, seconds")
+    parser.add_argument("--gate-rounds", type=int, default=3,
+                        help="alternated rounds of Submit with the edge gate on vs off (0: none)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.warmup is None:

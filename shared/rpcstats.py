@@ -19,6 +19,17 @@ histogram (ms) with one point per (method, code), attributes ``rpc.method`` and
 so the metrics service or any OpenTelemetry Collector receives it unchanged.
 Export failures are logged at debug level (rate-limited) and never raised.
 
+Gauges ride along in the same request. ``stats.add_gauges("edge", gate.stats)``
+registers a source: a callable returning ``{key: number}``, plain or async (an
+``async def`` is awaited at export time, so a figure that needs I/O, such as a
+backend's entry count, is fresh without a refresh task of its own). Each value
+becomes an OTLP ``Gauge`` named ``clawmesh.<group>.<key>`` (e.g.
+``clawmesh.edge.admission.load_percentage``): ints as ``as_int``, floats as
+``as_double``; None, NaN and infinities are left out. A source that raises or
+(async) outlives its share of ``timeout_s`` is skipped for that export, counted
+in ``RpcStats.gauge_errors``; it never holds up the histogram. Sources are read
+every ``interval_s`` only, never on a request's path.
+
 ``is_server_fault(code)`` is the one place that decides which status codes
 count as server errors (``error_count`` in the metrics service).
 """
@@ -26,12 +37,13 @@ count as server errors (``error_count`` in the metrics service).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
 import uuid
 from bisect import bisect_left
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -47,9 +59,13 @@ log = logging.getLogger(__name__)
 
 DURATION_METRIC = "rpc.server.duration"
 SCOPE_NAME = "clawmesh"
+GAUGE_PREFIX = "clawmesh."  # gauge names: clawmesh.<group>.<key>
 OVERFLOW_METHOD = "_other"  # series past ``max_series`` are folded into this method name
 
 ClockNs = Callable[[], int]
+GaugeValues = Mapping[str, float | int | None]
+GaugeSource = Callable[[], GaugeValues | Awaitable[GaugeValues]]
+_FAILED = object()  # what a gauge source that gave no values this time left
 
 # Codes that are the server's fault. Everything else non-OK is a refusal of a
 # bad or unlucky request (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
@@ -113,7 +129,8 @@ class SeriesSnapshot:
 class RpcStats:
     """Per-(method, code) latency histograms over fixed bucket bounds (ms)."""
 
-    __slots__ = ("bounds", "start_time_ns", "max_series", "_series", "_n_buckets")
+    __slots__ = ("bounds", "start_time_ns", "max_series", "gauge_errors", "_series",
+                 "_n_buckets", "_gauge_sources")
 
     def __init__(
         self,
@@ -129,6 +146,8 @@ class RpcStats:
         self.max_series = max_series
         self._series: dict[tuple[str, int], _Series] = {}
         self._n_buckets = len(self.bounds) + 1
+        self._gauge_sources: list[tuple[str, GaugeSource]] = []
+        self.gauge_errors = 0  # source calls that raised or timed out
 
     def record(self, method: str, code: int, duration_ms: float) -> None:
         """Count one call of ``method`` that ended with status ``code`` after ``duration_ms``."""
@@ -166,6 +185,79 @@ class RpcStats:
             for (method, code), s in sorted(self._series.items())
         ]
 
+    # -- gauges ------------------------------------------------------------------------------
+
+    def add_gauges(self, group: str, source: GaugeSource) -> None:
+        """Export ``source()``'s values as gauges ``clawmesh.<group>.<key>`` with every push.
+
+        ``source`` returns a mapping of key to number, or is an ``async def`` that does;
+        it is called once per export, on the event loop. A name two sources both
+        produce takes the later-registered source's value.
+        """
+        if not group or group.startswith(".") or group.endswith("."):
+            raise ValueError(f"bad gauge group {group!r}")
+        self._gauge_sources.append((f"{GAUGE_PREFIX}{group}.", source))
+
+    async def collect_gauges(self, timeout_s: float = 1.0) -> dict[str, float | int]:
+        """Every source's current values by full gauge name, sorted by name.
+
+        Async sources run concurrently, all within ``timeout_s``; a source that
+        raises, times out or returns no mapping is skipped and counted in
+        ``gauge_errors``.
+        """
+        sources = list(self._gauge_sources)
+        results: list[object] = [_FAILED] * len(sources)
+        pending: dict[int, Awaitable[GaugeValues]] = {}
+        for i, (prefix, source) in enumerate(sources):
+            try:
+                values = source()
+            except Exception as exc:
+                self._gauge_failed(prefix, exc)
+                continue
+            if inspect.isawaitable(values):
+                pending[i] = values
+            else:
+                results[i] = values
+        if pending:
+            done = await asyncio.gather(
+                *(asyncio.wait_for(aw, timeout_s) for aw in pending.values()),
+                return_exceptions=True,
+            )
+            for i, values in zip(pending, done, strict=True):
+                if isinstance(values, BaseException):
+                    self._gauge_failed(sources[i][0], values)
+                else:
+                    results[i] = values
+        out: dict[str, float | int] = {}
+        for (prefix, _), values in zip(sources, results, strict=True):
+            if values is _FAILED:
+                continue
+            try:
+                items = list(values.items())
+            except Exception as exc:
+                self._gauge_failed(prefix, exc)
+                continue
+            for key, value in items:  # in registration order: a later source wins a name
+                number = _gauge_number(value)
+                if number is not None:
+                    out[f"{prefix}{key}"] = number
+        return dict(sorted(out.items()))
+
+    def _gauge_failed(self, prefix: str, exc: BaseException) -> None:
+        self.gauge_errors += 1
+        log.debug("gauge source %s* failed: %r", prefix, exc)
+
+
+def _gauge_number(value) -> float | int | None:
+    """``value`` as an exportable number: bools and ints as int, finite floats; else None."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else float(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return None
+
 
 def _kv(key: str, value: str | int) -> common_pb2.KeyValue:
     if isinstance(value, int):
@@ -177,11 +269,14 @@ def build_export_request(
     stats: RpcStats,
     resource: resource_pb2.Resource,
     time_unix_nano: int,
+    gauges: Mapping[str, float | int] | None = None,
 ) -> otlp_metrics_pb2.ExportMetricsServiceRequest:
-    """One OTLP request with ``stats`` as a cumulative ``rpc.server.duration`` histogram.
+    """One OTLP request with ``stats`` as a cumulative ``rpc.server.duration`` histogram,
+    then one ``Gauge`` metric (one point, no attributes) per entry of ``gauges``
+    (full name to value, as ``RpcStats.collect_gauges`` returns them).
 
-    With no series yet the request carries the resource alone: the receiver
-    still learns that this instance is alive.
+    With no series and no gauges the request carries the resource alone: the
+    receiver still learns that this instance is alive.
     """
     bounds = list(stats.bounds)
     points = [
@@ -211,6 +306,13 @@ def build_export_request(
                 ),
             )
         )
+    for name, value in (gauges or {}).items():
+        number = (
+            metrics_pb2.NumberDataPoint(time_unix_nano=time_unix_nano, as_int=value)
+            if isinstance(value, int)
+            else metrics_pb2.NumberDataPoint(time_unix_nano=time_unix_nano, as_double=value)
+        )
+        metrics.append(metrics_pb2.Metric(name=name, gauge=metrics_pb2.Gauge(data_points=[number])))
     scope = metrics_pb2.ScopeMetrics(
         scope=common_pb2.InstrumentationScope(name=SCOPE_NAME), metrics=metrics
     )
@@ -223,7 +325,8 @@ class OtlpStatsExporter:
     """Pushes an ``RpcStats`` to an OTLP/gRPC metrics endpoint (host:port, plaintext).
 
     ``start()`` begins exporting every ``interval_s``; ``stop()`` ends that and
-    makes one final export bounded by ``timeout_s``. ``export_now()`` exports
+    makes one final export bounded by ``timeout_s`` (reading the gauge sources
+    takes at most half of it). ``export_now()`` exports
     once (and works without ``start()``). Nothing here raises on export
     failure or waits longer than ``timeout_s`` per export; failures are counted
     in ``exports_failed`` and logged at debug level at most once per
@@ -294,12 +397,16 @@ class OtlpStatsExporter:
     async def export_now(self) -> bool:
         """Export the current stats once; True when the endpoint accepted them."""
         try:
-            request = build_export_request(self.stats, self.resource, self.clock_ns())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout_s
+            gauges = await self.stats.collect_gauges(self.timeout_s / 2)
+            request = build_export_request(self.stats, self.resource, self.clock_ns(), gauges)
             if self._stub is None:
                 self._channel = grpc.aio.insecure_channel(self.endpoint)
                 self._stub = otlp_metrics_grpc.MetricsServiceStub(self._channel)
             # The deadline tells the server; wait_for bounds the whole call here.
-            await asyncio.wait_for(self._stub.Export(request, timeout=self.timeout_s), self.timeout_s)
+            remaining = max(deadline - loop.time(), self.timeout_s / 2)
+            await asyncio.wait_for(self._stub.Export(request, timeout=remaining), remaining)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never let telemetry break the service

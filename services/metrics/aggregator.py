@@ -3,15 +3,24 @@
     metrics = MetricsAggregator(clock=time.time)
     metrics.ingest(export_metrics_request)      # an OTLP ExportMetricsServiceRequest
     [ingest] = metrics.snapshot("ingest")       # ServiceStats: counts, codes, latency
+    ingest.instance_details[0].gauges           # {"clawmesh.edge.admission.load_percentage": 12.5, ...}
 
 Only ``rpc.server.duration`` histograms (ms; attributes ``rpc.method`` and
 ``rpc.grpc.status_code``, as ``clawmesh.shared.rpc.chain.MetricsInterceptor`` records
 them, or ``clawmesh.shared.rpcstats.OtlpStatsExporter`` sends them) are aggregated;
 ``error_count`` counts server faults only (``clawmesh.shared.rpcstats.is_server_fault``:
 INTERNAL, UNAVAILABLE ... but not INVALID_ARGUMENT, NOT_FOUND ...), while
-``status_counts`` count every code. Other data points are counted and ignored. Memory is
-bounded: an instance silent for ``stale_after_s`` is dropped with its series,
-and at most ``max_series`` series are kept (the rest are counted as dropped).
+``status_counts`` count every code.
+
+OTLP ``Gauge`` metrics (e.g. ingest's ``clawmesh.edge.*``, see
+``clawmesh.shared.rpcstats.RpcStats.add_gauges``) are kept as the latest value per
+(service, instance, gauge): ``ServiceStats.instance_details``, one entry per reporting
+process. They are not combined across instances: a load percentage does not add up.
+A point with attributes is kept under ``name{key=value,...}`` (keys sorted).
+
+Other data points are counted and ignored. Memory is bounded: an instance silent for
+``stale_after_s`` is dropped with its series and gauges, and at most ``max_series``
+series and ``max_gauges`` gauges are kept (the rest are counted as dropped).
 """
 
 from __future__ import annotations
@@ -45,6 +54,15 @@ class MethodStats:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceStats:
+    """One reporting process (``service.instance.id``) and its latest gauge values."""
+
+    instance_id: str
+    last_report_time: float  # clock seconds of its newest report
+    gauges: dict[str, float]  # by gauge name, sorted
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceStats:
     service: str
     request_count: int
@@ -53,6 +71,7 @@ class ServiceStats:
     last_report_time: float  # clock seconds of the newest report
     latency: LatencyStats
     methods: list[MethodStats]
+    instance_details: list[InstanceStats] = field(default_factory=list)  # by instance_id
 
 
 def resource_identity(resource) -> tuple[str, str]:
@@ -85,14 +104,33 @@ def _series_key(point: metrics_pb2.HistogramDataPoint) -> tuple[str, int]:
     return method, code
 
 
+def _gauge_key(name: str, point: metrics_pb2.NumberDataPoint) -> str:
+    if not point.attributes:
+        return name
+    attrs = sorted(
+        (kv.key, str(getattr(kv.value, kv.value.WhichOneof("value") or "string_value")))
+        for kv in point.attributes
+    )
+    return name + "{" + ",".join(f"{k}={v}" for k, v in attrs) + "}"
+
+
+def _gauge_value(point: metrics_pb2.NumberDataPoint) -> float | None:
+    kind = point.WhichOneof("value")
+    if kind is None or point.flags & _NO_RECORDED_VALUE:
+        return None
+    return float(point.as_int if kind == "as_int" else point.as_double)
+
+
 @dataclass(slots=True)
 class _Instance:
     last_seen: float
     series: dict[tuple[str, int], Histogram] = field(default_factory=dict)
+    gauges: dict[str, tuple[float, int]] = field(default_factory=dict)  # value, time_ns
 
 
 class MetricsAggregator:
-    """Latest ``rpc.server.duration`` point per (service, instance, method, code)."""
+    """Latest ``rpc.server.duration`` point per (service, instance, method, code), and
+    latest gauge value per (service, instance, gauge)."""
 
     def __init__(
         self,
@@ -100,13 +138,16 @@ class MetricsAggregator:
         stale_after_s: float = 600.0,
         max_series: int = 10_000,
         max_instances: int = 1_000,
+        max_gauges: int = 10_000,
     ) -> None:
         self.clock = clock
         self.stale_after_s = stale_after_s
         self.max_series = max_series
         self.max_instances = max_instances
+        self.max_gauges = max_gauges
         self._instances: dict[tuple[str, str], _Instance] = {}
         self.series_count = 0
+        self.gauge_count = 0
         self.points_received = 0  # every data point of every metric
         self.points_ignored = 0  # other metrics, malformed or empty points
         self.points_dropped = 0  # refused by the series or instance cap
@@ -131,6 +172,9 @@ class MetricsAggregator:
         kind = metric.WhichOneof("data")
         points = getattr(metric, kind).data_points if kind else ()
         self.points_received += len(points)
+        if kind == "gauge":
+            self._ingest_gauge(inst, metric.name, points)
+            return
         if metric.name != DURATION_METRIC or kind != "histogram":
             self.points_ignored += len(points)
             return
@@ -156,25 +200,55 @@ class MetricsAggregator:
             elif delta or hist.time_ns >= old.time_ns:  # a late, older cumulative point loses
                 inst.series[key] = hist
 
+    def _ingest_gauge(self, inst: _Instance | None, name: str, points) -> None:
+        if inst is None:
+            self.points_dropped += len(points)
+            return
+        for point in points:
+            value = _gauge_value(point)
+            if value is None:
+                self.points_ignored += 1
+                continue
+            key = _gauge_key(name, point)
+            old = inst.gauges.get(key)
+            if old is None:
+                if self.gauge_count >= self.max_gauges:
+                    self.points_dropped += 1
+                    continue
+                self.gauge_count += 1
+            elif point.time_unix_nano < old[1]:  # a late, older point loses
+                continue
+            inst.gauges[key] = (value, point.time_unix_nano)
+
     def expire(self, now: float | None = None) -> None:
-        """Drop instances (and their series) silent for longer than ``stale_after_s``."""
+        """Drop instances (and their series and gauges) silent for longer than ``stale_after_s``."""
         cutoff = (self.clock() if now is None else now) - self.stale_after_s
         for key in [k for k, inst in self._instances.items() if inst.last_seen < cutoff]:
             inst = self._instances.pop(key)
             self.series_count -= len(inst.series)
             self.series_expired += len(inst.series)
+            self.gauge_count -= len(inst.gauges)
 
     def snapshot(self, service: str | None = None) -> list[ServiceStats]:
         """Per-service summaries, sorted by name; ``service`` filters (unknown: [])."""
         self.expire()
-        groups: dict[str, list[_Instance]] = {}
-        for (name, _), inst in self._instances.items():
+        groups: dict[str, dict[str, _Instance]] = {}
+        for (name, instance_id), inst in self._instances.items():
             if not service or name == service:
-                groups.setdefault(name, []).append(inst)
+                groups.setdefault(name, {})[instance_id] = inst
         return [_service_stats(name, insts) for name, insts in sorted(groups.items())]
 
+    def gauges(self, service: str) -> dict[str, dict[str, float]]:
+        """``service``'s latest gauge values: instance id → gauge name → value."""
+        return {
+            d.instance_id: d.gauges
+            for stats in self.snapshot(service)
+            for d in stats.instance_details
+        }
 
-def _service_stats(service: str, insts: list[_Instance]) -> ServiceStats:
+
+def _service_stats(service: str, by_id: dict[str, _Instance]) -> ServiceStats:
+    insts = list(by_id.values())
     per_method: dict[str, list[tuple[int, Histogram]]] = {}
     for inst in insts:
         for (method, code), hist in inst.series.items():
@@ -195,6 +269,14 @@ def _service_stats(service: str, insts: list[_Instance]) -> ServiceStats:
         last_report_time=max(inst.last_seen for inst in insts),
         latency=summarize([h for inst in insts for h in inst.series.values()]),
         methods=methods,
+        instance_details=[
+            InstanceStats(
+                instance_id,
+                inst.last_seen,
+                {name: value for name, (value, _) in sorted(inst.gauges.items())},
+            )
+            for instance_id, inst in sorted(by_id.items())
+        ],
     )
 
 
