@@ -290,3 +290,41 @@ async def test_sighup_reloads_ingest_policy_without_a_restart(tmp_path):
             assert mesh.procs["ingest"].pid == pid and mesh.procs["ingest"].poll() is None
     finally:
         await mesh.stop()
+
+
+async def test_two_ingest_processes_share_dedup_and_one_global_limit_through_redis(tmp_path, redis_url):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"backend: {{kind: redis, redis_url: '{redis_url}'}}\n"
+                      "rate_limits: {rules: [{match: {tenant: '*'},"
+                      " limits: [{name: global, rate: 1, per: hour, burst: 4}]}]}\n")
+    env = mesh_env(tmp_path, CLAWMESH_INGEST__POLICY_FILE=str(policy),
+                   CLAWMESH_PROVIDER__MOCK_LATENCY_MS="300")
+    mesh = MeshProcesses(env)
+    await mesh.start()
+    second = MeshProcesses({**env, "CLAWMESH_INGEST__PORT": str(free_port())}, services=("ingest",))
+    try:
+        await second.start()
+        channels = [grpc.aio.insecure_channel(m.target("ingest")) for m in (mesh, second)]
+        a, b = (ingest_pb2_grpc.IngestServiceStub(c) for c in channels)
+        try:
+            def submit(stub, text, msg_id):
+                return stub.Submit(ingest_pb2.SubmitRequest(message=message(text, msg_id=msg_id)),
+                                   timeout=10)
+
+            # A webhook delivered twice, once to each replica, at the same time.
+            replies = await asyncio.gather(submit(a, "hook", "hook-1"), submit(b, "hook", "hook-1"))
+            assert replies[0].reply == replies[1].reply
+            assert sorted(r.replayed for r in replies) == [False, True]
+            # One quota of 4 for both processes: 2 used above, 2 left in all.
+            await submit(a, "one", "m-1")
+            await submit(b, "two", "m-2")
+            for stub, text in ((a, "three"), (b, "four")):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await submit(stub, text, text)
+                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            for c in channels:
+                await c.close()
+    finally:
+        await second.stop()
+        await mesh.stop()
