@@ -31,14 +31,27 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
+        self.binary = binary
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="clawmesh-redis-")
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_ready()
+
+    def kill(self) -> None:
+        """SIGKILL: Redis is gone (its data too: no persistence here)."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """A new redis-server on the same port, after kill()."""
+        self._spawn()
 
     @property
     def url(self) -> str:

@@ -230,3 +230,41 @@ async def test_reload_applies_a_new_policy_keeps_state_and_rejects_a_bad_file(se
             await ingest_server.reload()
             with pytest.raises(grpc.aio.AioRpcError):  # the running policy stays
                 await send("d")
+
+
+async def test_redis_killed_mid_run_then_back_limits_apply_again(settings, tmp_path):
+    from tests.redis_server import RedisServer
+
+    redis = RedisServer()  # this test's own: it gets killed
+    try:
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(f"backend: {{kind: redis, redis_url: '{redis.url}', op_timeout_ms: 50}}\n"
+                          "rate_limits: {rules: [{match: {tenant: '*'},"
+                          " limits: [{name: t, rate: 1, per: hour, burst: 2}]}]}\n")
+        settings.ingest.policy_file = policy
+        async with inproc_mesh(settings) as servers:
+            async with grpc.aio.insecure_channel(servers["ingest"].address) as channel:
+                ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+
+                async def send(text):
+                    return await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(text)),
+                                               metadata=TENANT, timeout=5)
+
+                loop = asyncio.get_running_loop()
+                redis.kill()
+                for i in range(4):  # fail_open: answered, over the limit or not
+                    started = loop.time()
+                    assert "mock reply" in (await send(f"down {i}")).reply.content
+                    assert loop.time() - started < 1.0
+                redis.restart()
+                refused = None
+                for i in range(100):  # reconnect, then the limit of 2 applies again
+                    try:
+                        await send(f"up {i}")
+                    except grpc.aio.AioRpcError as exc:
+                        refused = exc
+                        break
+                    await asyncio.sleep(0.05)  # the limiter probes Redis after its interval
+                assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        redis.stop()
