@@ -32,6 +32,7 @@ from clawmesh.common.v1 import common_pb2
 from clawmesh.shared import context as callctx
 from clawmesh.shared.admission import AdmissionController, AIMDLimit
 from clawmesh.shared.dedup import (
+    Claim,
     Deduplicator,
     DedupUnavailable,
     InFlightTimeout,
@@ -84,6 +85,7 @@ class EdgeGate:
         self.admission = admission
         self.limit_backend = limit_backend
         self.clock = clock
+        self._shadow_in_flight = 0
         # One descriptor per distinct key set the rules use, keys in the rules' order.
         self.shapes = list(dict.fromkeys(tuple(r.match) for r in policy.rate_limits.rules))
         self.shadow: Counter[str] = Counter()  # what shadow mode let through
@@ -155,16 +157,31 @@ class EdgeGate:
         remaining = info.remaining() if info is not None else None
         wait = self.policy.dedup.wait_timeout_s if remaining is None else max(min(
             remaining, self.policy.dedup.wait_timeout_s), 0.0)
+        shadow = not self.policy.dedup.enforce
         try:
-            return await self.dedup.claim(key, ttl_s, wait_timeout_s=wait)
+            # Shadow mode never waits for an original: it only notes that it would have.
+            return await self.dedup.claim(key, ttl_s, wait_timeout_s=0.0 if shadow else wait)
         except InFlightTimeout:
+            if shadow:
+                return Claim(owner=False, coalesced=True)
             raise DeadlineExceeded("a copy of this message is still being answered") from None
         except DedupUnavailable:
             raise Unavailable("deduplication store unavailable (policy fail_closed)") from None
 
+    @contextlib.asynccontextmanager
+    async def _shadow_admission(self):
+        """Shadow mode: no queueing, but count what a full limit and queue would refuse."""
+        if self._shadow_in_flight >= self.admission.limit + self.policy.admission.max_queue:
+            self.shadow["admission_refused"] += 1
+        self._shadow_in_flight += 1
+        try:
+            yield
+        finally:
+            self._shadow_in_flight -= 1
+
     def _admitted(self, message: common_pb2.InboundMessage):
         if not self.policy.admission.enforce:
-            return contextlib.nullcontext()
+            return self._shadow_admission()
         info = callctx.current()
         remaining = info.remaining() if info is not None else None
         deadline = None if remaining is None else self.admission.clock() + remaining

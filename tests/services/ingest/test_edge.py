@@ -268,3 +268,38 @@ async def test_redis_killed_mid_run_then_back_limits_apply_again(settings, tmp_p
                 assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         redis.stop()
+
+
+async def test_shadow_mode_counts_what_it_would_refuse_and_lets_everything_through():
+    from clawmesh.services.ingest.edge import EdgeGate
+    from clawmesh.shared.policy import EdgePolicy
+
+    policy = EdgePolicy.model_validate({
+        "dedup": {"enforce": False},
+        "rate_limits": {"enforce": False, "rules": [
+            {"match": {"tenant": "*"}, "limits": [{"name": "one", "rate": 1, "per": "hour", "burst": 1}]}]},
+        "admission": {"enforce": False, "initial_limit": 1, "min_limit": 1, "max_queue": 0},
+    })
+    now = [0.0]
+    gate = EdgeGate.from_policy(policy, clock=lambda: now[0])
+    produced = 0
+    release = asyncio.Event()
+
+    async def produce():
+        nonlocal produced
+        produced += 1
+        await release.wait()
+        return common_pb2.Reply(content=f"r{produced}")
+
+    message = inbound(msg_id="same", tenant="t")
+    message.idempotency_key = "k"
+    first = asyncio.ensure_future(gate.unary(message, "Submit", True, produce))
+    await asyncio.sleep(0)  # let the first hold its (shadow) slot
+    second = asyncio.ensure_future(gate.unary(message, "Submit", True, produce))
+    while produced < 2:
+        await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(first, second)
+    assert [replayed for _, replayed in results] == [False, False]  # both really produced
+    assert gate.shadow == {"rate_limited": 1, "replayed": 1, "admission_refused": 1}
+    await gate.close()
