@@ -112,11 +112,16 @@ class Stats:
         self.sent_lat_ns: list[int] = []  # open loop: from the actual send, not the schedule
         self.errors: Counter = Counter()
         self.error_lat_ns: dict[str, list[int]] = {}  # per status code, from the actual send
+        self.error_details: dict[str, str] = {}  # the first failure's details, per code
+        self.ok_in_window = 0  # open loop: OK replies that arrived before the window closed
+        self.window_end_ns = 0
         self.late_ns: list[int] = []  # open loop: actual send - scheduled start, per call
         self.streams = 0
 
-    def failed(self, code: str, t0: int | None = None) -> None:
+    def failed(self, code: str, t0: int | None = None, details: str | None = None) -> None:
         self.errors[code] += 1
+        if details is not None and code not in self.error_details:
+            self.error_details[code] = details[:300]
         if t0 is not None:
             self.error_lat_ns.setdefault(code, []).append(time.perf_counter_ns() - t0)
 
@@ -136,6 +141,7 @@ async def open_loop(call_at, rate: float, seconds: float, max_in_flight: int, st
     """Start call number k at start + k/rate, whatever the replies do."""
     interval = 1.0 / rate
     start = time.perf_counter()
+    stats.window_end_ns = int((start + seconds) * 1e9)
     n = int(seconds * rate)
     tasks: set[asyncio.Task] = set()
     for k in range(n):
@@ -165,7 +171,7 @@ def grpc_calls(mode: str, channel, requests: Requests, timeout_s: float | None =
             try:
                 await method(req, timeout=timeout_s)
             except grpc.aio.AioRpcError as exc:
-                stats.failed(exc.code().name, t0)
+                stats.failed(exc.code().name, t0, exc.details())
                 return
             stats.lat_ns.append(perf() - t0)
 
@@ -176,9 +182,11 @@ def grpc_calls(mode: str, channel, requests: Requests, timeout_s: float | None =
             try:
                 await method(req, timeout=timeout_s)
             except grpc.aio.AioRpcError as exc:
-                stats.failed(exc.code().name, t0)
+                stats.failed(exc.code().name, t0, exc.details())
                 return
             t1 = perf()
+            if t1 <= stats.window_end_ns:
+                stats.ok_in_window += 1
             stats.lat_ns.append(t1 - int(due * 1e9))
             stats.sent_lat_ns.append(t1 - t0)
 
@@ -194,7 +202,7 @@ def grpc_calls(mode: str, channel, requests: Requests, timeout_s: float | None =
                 async for _ in method(req, timeout=timeout_s):
                     chunks += 1
             except grpc.aio.AioRpcError as exc:
-                stats.failed(exc.code().name, t0)
+                stats.failed(exc.code().name, t0, exc.details())
                 return
             if chunks == 0:
                 stats.failed("NO_CHUNKS", t0)
@@ -349,6 +357,7 @@ async def run(spec: dict) -> dict:
         out["from_send"] = {"p50_ms": percentile(sent, 0.5), "p99_ms": percentile(sent, 0.99)}
     if timeout_s:
         out["timeout_s"] = timeout_s
+    out["error_details"] = stats.error_details
     out["error_latency"] = {code: latency_summary(ns, within_ms)
                             for code, ns in sorted(stats.error_lat_ns.items())}
     if rate:
@@ -357,7 +366,7 @@ async def run(spec: dict) -> dict:
                             "offered_per_s": len(late) / seconds if seconds else 0.0,
                             "late_p50_ms": percentile(late, 0.5), "late_p99_ms": percentile(late, 0.99),
                             "late_max_ms": late[-1] / 1e6 if late else 0.0,
-                            "max_in_flight": max_in_flight}
+                            "max_in_flight": max_in_flight, "ok_in_window": stats.ok_in_window}
     return out
 
 

@@ -40,7 +40,12 @@ class OtlpTraceServicer(otlp_trace_grpc.TraceServiceServicer):
 
 
 class SnapshotServicer(metrics_pb2_grpc.MetricsServiceServicer):
-    """``clawmesh.metrics.v1.MetricsService``: reads the aggregate back."""
+    """``clawmesh.metrics.v1.MetricsService``: reads the aggregate back.
+
+    The aggregator also keeps each instance's latest gauges
+    (``ServiceStats.instance_details``, e.g. ingest's ``clawmesh.edge.*``); the
+    ``ServiceSnapshot`` message has no field for them yet, so they are not sent.
+    """
 
     def __init__(self, aggregator: MetricsAggregator) -> None:
         self._aggregator = aggregator

@@ -1,5 +1,5 @@
-"""RpcStats (exact buckets), is_server_fault, the OTLP request, and OtlpStatsExporter
-end to end against the real metrics service on port 0."""
+"""RpcStats (exact buckets, gauge sources), is_server_fault, the OTLP request, and
+OtlpStatsExporter end to end against the real metrics service on port 0."""
 
 from __future__ import annotations
 
@@ -205,6 +205,95 @@ def test_empty_stats_export_the_resource_alone():
     assert len(exporter.instance_id) == 32  # a uuid4 hex per process (per exporter)
 
 
+# --- gauges --------------------------------------------------------------------------------
+
+
+def _gauges(req) -> dict[str, tuple[str, float, int]]:
+    """Gauge metrics of ``req``: name -> (value kind, value, time_unix_nano)."""
+    out = {}
+    for metric in req.resource_metrics[0].scope_metrics[0].metrics:
+        if metric.WhichOneof("data") == "gauge":
+            [p] = metric.gauge.data_points
+            kind = p.WhichOneof("value")
+            assert not p.attributes and not metric.unit
+            out[metric.name] = (kind, getattr(p, kind), p.time_unix_nano)
+    return out
+
+
+async def test_gauges_go_out_in_the_same_request_with_exact_values():
+    stats = RpcStats()
+    stats.record(SUBMIT, 0, 2.5)
+    stats.add_gauges("edge", lambda: {"admission.load_percentage": 12.5,
+                                      "admission.waiting_count": 3,
+                                      "admission.available_permits": 0,
+                                      "shadow.replayed": True,
+                                      "skipped.none": None,
+                                      "skipped.nan": math.nan,
+                                      "skipped.inf": math.inf})
+
+    async def dedup():
+        await asyncio.sleep(0)
+        return {"current_entries": 42, "replays": 7}
+
+    stats.add_gauges("edge.dedup", dedup)
+    gauges = await stats.collect_gauges()
+    assert gauges == {
+        "clawmesh.edge.admission.available_permits": 0,
+        "clawmesh.edge.admission.load_percentage": 12.5,
+        "clawmesh.edge.admission.waiting_count": 3,
+        "clawmesh.edge.dedup.current_entries": 42,
+        "clawmesh.edge.dedup.replays": 7,
+        "clawmesh.edge.shadow.replayed": 1,
+    }
+    assert list(gauges) == sorted(gauges)
+    exporter = OtlpStatsExporter(stats, service="ingest", endpoint="unused:1", instance_id="i-1")
+    req = build_export_request(stats, exporter.resource, 5_000, gauges)
+
+    [sm] = req.resource_metrics[0].scope_metrics
+    assert [m.name for m in sm.metrics] == ["rpc.server.duration", *gauges]
+    assert _gauges(req) == {
+        "clawmesh.edge.admission.available_permits": ("as_int", 0, 5_000),
+        "clawmesh.edge.admission.load_percentage": ("as_double", 12.5, 5_000),
+        "clawmesh.edge.admission.waiting_count": ("as_int", 3, 5_000),
+        "clawmesh.edge.dedup.current_entries": ("as_int", 42, 5_000),
+        "clawmesh.edge.dedup.replays": ("as_int", 7, 5_000),
+        "clawmesh.edge.shadow.replayed": ("as_int", 1, 5_000),
+    }
+    assert stats.gauge_errors == 0
+
+
+async def test_failing_slow_or_bad_gauge_sources_are_skipped_and_counted():
+    stats = RpcStats()
+
+    def boom():
+        raise RuntimeError("broken")
+
+    async def slow():
+        await asyncio.sleep(10)
+        return {"never": 1}
+
+    async def async_boom():
+        raise OSError("backend down")
+
+    stats.add_gauges("a", boom)
+    stats.add_gauges("b", slow)
+    stats.add_gauges("c", async_boom)
+    stats.add_gauges("d", lambda: None)  # not a mapping
+    stats.add_gauges("e", lambda: {"ok": 1.5})
+    stats.add_gauges("e", lambda: {"ok": 2.5, "more": 1})  # a later source wins a name
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await stats.collect_gauges(timeout_s=0.1) == {"clawmesh.e.more": 1, "clawmesh.e.ok": 2.5}
+    assert loop.time() - started < 2.0
+    assert stats.gauge_errors == 4
+
+
+def test_gauge_group_must_be_a_dotted_name():
+    for bad in ("", ".edge", "edge."):
+        with pytest.raises(ValueError):
+            RpcStats().add_gauges(bad, dict)
+
+
 def test_exporter_rejects_non_positive_interval_or_timeout():
     with pytest.raises(ValueError):
         OtlpStatsExporter(RpcStats(), service="x", endpoint="h:1", interval_s=0)
@@ -312,6 +401,37 @@ async def test_exported_stats_show_up_exactly_in_the_snapshot(server, snapshot, 
     [metric] = first.resource_metrics[0].scope_metrics[0].metrics
     assert {p.time_unix_nano for p in metric.histogram.data_points} == {1_700_000_000_000_000_000}
     assert (exporter.exports_ok, exporter.exports_failed) == (2, 0)  # export_now + stop's
+
+
+async def test_exported_gauges_are_the_latest_per_instance_in_the_aggregator(server, aggregator):
+    values = {"admission.load_percentage": 25.0, "admission.rejected_count": 2}
+    stats = RpcStats()
+    stats.add_gauges("edge", lambda: values)
+    clock = FakeClockNs(1_000)
+    exporters = [
+        OtlpStatsExporter(stats, service="ingest", endpoint=server.address, instance_id=i,
+                          clock_ns=clock)
+        for i in ("i-1", "i-2")
+    ]
+    try:
+        assert await exporters[0].export_now()
+        values.update({"admission.load_percentage": 50.0, "admission.rejected_count": 9})
+        clock.now = 2_000
+        assert await exporters[0].export_now()
+        assert await exporters[1].export_now()
+        values["admission.load_percentage"] = 75.0
+        assert await exporters[1].export_now()
+        assert aggregator.gauges("ingest") == {
+            "i-1": {"clawmesh.edge.admission.load_percentage": 50.0,
+                    "clawmesh.edge.admission.rejected_count": 9.0},
+            "i-2": {"clawmesh.edge.admission.load_percentage": 75.0,
+                    "clawmesh.edge.admission.rejected_count": 9.0},
+        }
+        [svc] = aggregator.snapshot("ingest")
+        assert (svc.request_count, svc.instances) == (0, 2)  # gauges are not requests
+    finally:
+        for exporter in exporters:
+            await exporter.stop()
 
 
 async def test_repeated_cumulative_exports_are_not_double_counted(server, snapshot):

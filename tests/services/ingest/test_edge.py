@@ -283,11 +283,13 @@ async def test_shadow_mode_counts_what_it_would_refuse_and_lets_everything_throu
     now = [0.0]
     gate = EdgeGate.from_policy(policy, clock=lambda: now[0])
     produced = 0
-    release = asyncio.Event()
+    release, both = asyncio.Event(), asyncio.Event()
 
     async def produce():
         nonlocal produced
         produced += 1
+        if produced == 2:
+            both.set()
         await release.wait()
         return common_pb2.Reply(content=f"r{produced}")
 
@@ -296,8 +298,7 @@ async def test_shadow_mode_counts_what_it_would_refuse_and_lets_everything_throu
     first = asyncio.ensure_future(gate.unary(message, "Submit", True, produce))
     await asyncio.sleep(0)  # let the first hold its (shadow) slot
     second = asyncio.ensure_future(gate.unary(message, "Submit", True, produce))
-    while produced < 2:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(both.wait(), 5)  # shadow mode let the copy through to produce
     release.set()
     results = await asyncio.gather(first, second)
     assert [replayed for _, replayed in results] == [False, False]  # both really produced

@@ -159,16 +159,94 @@ def test_delta_point_with_new_bounds_restarts_the_series(agg):
 
 
 def test_other_metrics_are_counted_and_ignored(agg):
-    gauge = metrics_pb2.Metric(
-        name="process.memory",
-        gauge=metrics_pb2.Gauge(data_points=[metrics_pb2.NumberDataPoint(as_int=1)] * 3),
+    counter = metrics_pb2.Metric(
+        name="process.runtime.gc_count",
+        sum=metrics_pb2.Sum(data_points=[metrics_pb2.NumberDataPoint(as_int=1)] * 3),
     )
     other_hist = metrics_pb2.Metric(
         name="rpc.client.duration", histogram=metrics_pb2.Histogram(data_points=[point()])
     )
-    agg.ingest(request(point(), extra=[gauge, other_hist]))
+    agg.ingest(request(point(), extra=[counter, other_hist]))
     assert (agg.points_received, agg.points_ignored) == (5, 4)
     assert agg.snapshot()[0].request_count == 10
+    assert agg.snapshot()[0].instance_details[0].gauges == {}
+
+
+# --- gauges ----------------------------------------------------------------------------------
+
+
+def gauge(name, *points):
+    return metrics_pb2.Metric(name=name, gauge=metrics_pb2.Gauge(data_points=points))
+
+
+def num(value, t=1, **extra):
+    if isinstance(value, int):
+        return metrics_pb2.NumberDataPoint(as_int=value, time_unix_nano=t, **extra)
+    return metrics_pb2.NumberDataPoint(as_double=value, time_unix_nano=t, **extra)
+
+
+LOAD = "clawmesh.edge.admission.load_percentage"
+REJECTED = "clawmesh.edge.admission.rejected_count"
+
+
+def test_gauges_keep_the_latest_value_per_service_and_instance(agg, clock):
+    agg.ingest(request(point(), extra=[gauge(LOAD, num(12.5)), gauge(REJECTED, num(3))]))
+    agg.ingest(request(extra=[gauge(LOAD, num(80.0))], instance="i2"))
+    agg.ingest(request(extra=[gauge(LOAD, num(1.0))], service="routing", instance="r1"))
+    clock.now += 5
+    agg.ingest(request(extra=[gauge(LOAD, num(40.0, t=2)), gauge(REJECTED, num(4, t=2))]))
+    assert agg.gauge_count == 4
+    [ingest] = agg.snapshot("ingest")
+    assert [(d.instance_id, d.last_report_time, d.gauges) for d in ingest.instance_details] == [
+        ("i1", 1_005.0, {LOAD: 40.0, REJECTED: 4.0}),
+        ("i2", 1_000.0, {LOAD: 80.0}),
+    ]
+    assert (ingest.instances, ingest.request_count) == (2, 10)  # gauges are not requests
+    assert agg.gauges("routing") == {"r1": {LOAD: 1.0}}
+    assert agg.gauges("nope") == {}
+
+
+def test_a_late_older_gauge_point_loses_and_equal_times_replace(agg):
+    agg.ingest(request(extra=[gauge(LOAD, num(40.0, t=5))]))
+    agg.ingest(request(extra=[gauge(LOAD, num(10.0, t=4))]))
+    assert agg.gauges("ingest") == {"i1": {LOAD: 40.0}}
+    agg.ingest(request(extra=[gauge(LOAD, num(41.0, t=5))]))
+    assert agg.gauges("ingest") == {"i1": {LOAD: 41.0}}
+
+
+def test_gauge_points_with_attributes_are_kept_apart_and_empty_ones_ignored(agg):
+    p1 = num(1.0, attributes=[kv("state", "used"), kv("cpu", 0)])
+    p2 = num(2.0, attributes=[kv("cpu", 1), kv("state", "used")])
+    no_value = metrics_pb2.NumberDataPoint(time_unix_nano=1)
+    flagged = num(9.0, flags=metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK)
+    agg.ingest(request(extra=[gauge("system.cpu.utilization", p1, p2, no_value, flagged)]))
+    assert agg.gauges("ingest") == {"i1": {
+        "system.cpu.utilization{cpu=0,state=used}": 1.0,
+        "system.cpu.utilization{cpu=1,state=used}": 2.0,
+    }}
+    assert (agg.points_received, agg.points_ignored) == (4, 2)
+
+
+def test_gauge_cap_drops_new_gauges_and_expiry_frees_them(clock):
+    agg = MetricsAggregator(clock=clock, max_gauges=2, stale_after_s=600)
+    agg.ingest(request(extra=[gauge("g.a", num(1)), gauge("g.b", num(2)), gauge("g.c", num(3))]))
+    assert (agg.gauge_count, agg.points_dropped) == (2, 1)
+    agg.ingest(request(extra=[gauge("g.a", num(5, t=2)), gauge("g.d", num(4))], instance="i2"))
+    assert agg.gauges("ingest") == {"i1": {"g.a": 1.0, "g.b": 2.0}, "i2": {}}
+    agg.ingest(request(extra=[gauge("g.a", num(5, t=2))]))  # a known gauge still updates
+    assert agg.gauges("ingest")["i1"] == {"g.a": 5.0, "g.b": 2.0}
+    clock.now += 601
+    assert agg.snapshot() == [] and agg.gauge_count == 0
+    agg.ingest(request(extra=[gauge("g.c", num(3))], instance="i3"))
+    assert agg.gauges("ingest") == {"i3": {"g.c": 3.0}}
+
+
+def test_gauges_of_an_instance_past_the_instance_cap_are_dropped(clock):
+    agg = MetricsAggregator(clock=clock, max_instances=1)
+    agg.ingest(request(extra=[gauge(LOAD, num(1.0))], instance="a"))
+    agg.ingest(request(extra=[gauge(LOAD, num(2.0))], instance="b"))
+    assert agg.points_dropped == 1
+    assert agg.gauges("ingest") == {"a": {LOAD: 1.0}}
 
 
 def test_malformed_and_no_value_points_are_ignored(agg):
