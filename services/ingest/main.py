@@ -4,7 +4,7 @@ With ``stats`` (an RpcStats, as the launcher passes when telemetry is on) the ed
 gate's figures go out with every OTLP push as gauges: ``clawmesh.edge.*`` from
 ``gate.stats()`` (admission, rate limits, shadow counts) and ``clawmesh.edge.dedup.*``
 from ``await gate.dedup.stats()``, read at export time (an async source: its entry
-count may ask Redis, so it is never read on a request's path).
+count may ask Redis, so it is never read on a request's path; see DedupGauges).
 """
 
 from __future__ import annotations
@@ -53,14 +53,45 @@ async def build(settings: MeshSettings, stats=None) -> MeshServer:
 def register_edge_gauges(stats, current_gate: Callable[[], EdgeGate]) -> None:
     """Export the gate's stats through ``stats`` (an RpcStats) as ``clawmesh.edge.*`` gauges;
     ``current_gate()`` is read at each export, so a policy reload's new gate is what counts."""
-
-    async def dedup_gauges() -> dict[str, float]:
-        # current_entries is None when the store did not answer: left out, not a 0.
-        dedup = await current_gate().dedup.stats()
-        return {k: v for k, v in asdict(dedup).items() if v is not None}
-
     stats.add_gauges("edge", lambda: current_gate().stats())
-    stats.add_gauges("edge.dedup", dedup_gauges)
+    stats.add_gauges("edge.dedup", DedupGauges(current_gate))
+
+
+class DedupGauges:
+    """``await dedup.stats()`` as an async gauge source that never loses the counters.
+
+    The entry count may SCAN Redis (O(keys), bounded by the Deduplicator to about
+    1 s): one read runs at a time, and an export that it outlasts by ``wait_s``
+    gets the previous values while the read finishes for the next one.
+    ``current_entries`` is left out when the store did not answer (not sent as 0).
+    """
+
+    def __init__(self, current_gate: Callable[[], EdgeGate], wait_s: float = 0.5) -> None:
+        self._current_gate = current_gate
+        self.wait_s = wait_s
+        self.last: dict[str, float] = {}
+        self._read: asyncio.Future | None = None
+
+    async def __call__(self) -> dict[str, float]:
+        read = self._read
+        if read is not None and read.done():  # it outlasted the previous export
+            self._take(read)
+            read = None
+        if read is None:
+            read = self._read = asyncio.ensure_future(self._current_gate().dedup.stats())
+        try:
+            await asyncio.wait_for(asyncio.shield(read), self.wait_s)
+        except TimeoutError:
+            return self.last
+        finally:
+            if read.done():
+                self._read = None
+        self._take(read)
+        return self.last
+
+    def _take(self, read: asyncio.Future) -> None:
+        if not read.cancelled() and read.exception() is None:
+            self.last = {k: v for k, v in asdict(read.result()).items() if v is not None}
 
 
 async def reload_policy(ingest: Ingest, path) -> bool:
