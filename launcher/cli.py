@@ -130,9 +130,36 @@ def cmd_health(args) -> int:
         )
 
     names, statuses = asyncio.run(check())
+    snapshot = asyncio.run(_snapshot(settings.metrics.target(), args.timeout)) if args.verbose else None
     for name, status in zip(names, statuses, strict=True):
         print(f"{name:<9} {settings.server(name).target():<22} {status}")
+        if snapshot is None:
+            continue
+        for svc in snapshot.services:
+            if svc.service != name:
+                continue
+            print(f"  {svc.request_count} calls, {svc.error_count} server errors, "
+                  f"p99 {svc.latency.p99_ms:.1f} ms, {svc.instances} instance(s)")
+            for inst in svc.instance_details:
+                for gauge, value in sorted(inst.gauges.items()):
+                    print(f"  {inst.instance_id[:8]} {gauge.removeprefix('clawmesh.')} = {value:g}")
+    if args.verbose and snapshot is None:
+        print("(no figures: the metrics service did not answer)", file=sys.stderr)
     return 0 if all(s == "SERVING" for s in statuses) else 1
+
+
+async def _snapshot(target: str, timeout_s: float):
+    """The metrics service's snapshot (per-service figures and gauges), or None."""
+    import grpc
+
+    from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            return await metrics_pb2_grpc.MetricsServiceStub(channel).GetSnapshot(
+                metrics_pb2.GetSnapshotRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return None
 
 
 def cmd_config_check(args) -> int:
@@ -190,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="health of every service")
     p.add_argument("services", nargs="*", help=f"some of: {', '.join(SERVICES)} (default: all)")
     p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also each service's figures and gauges (edge: admission, limits, dedup)")
     p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("config", help="settings tools")

@@ -90,4 +90,7 @@ def _service_pb(stats: ServiceStats) -> metrics_pb2.ServiceSnapshot:
         ],
     )
     out.last_report_time.FromNanoseconds(_nanos(stats.last_report_time))
+    for d in stats.instance_details:
+        inst = out.instance_details.add(instance_id=d.instance_id, gauges=d.gauges)
+        inst.last_report_time.FromNanoseconds(_nanos(d.last_report_time))
     return out

@@ -328,3 +328,25 @@ async def test_two_ingest_processes_share_dedup_and_one_global_limit_through_red
     finally:
         await second.stop()
         await mesh.stop()
+
+
+async def test_health_verbose_shows_the_edge_gauges(mesh):
+    async with grpc.aio.insecure_channel(mesh.target("ingest")) as channel:
+        ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+        for _ in range(2):  # a message and its copy
+            await ingest.Submit(ingest_pb2.SubmitRequest(message=message("twice", msg_id="v-1")),
+                                timeout=10)
+    cli = [sys.executable, "-m", "clawmesh.launcher.cli", "health", "--verbose"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:  # services push every 0.2 s; poll the CLI until ingest's push shows the copy
+        done = await asyncio.to_thread(subprocess.run, cli, env=mesh.env, capture_output=True,
+                                       text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        if "edge.dedup.replays = 1" in done.stdout:
+            break
+        assert loop.time() < deadline, done.stdout
+        await asyncio.sleep(0.2)
+    ingest_part = done.stdout.split("ingest", 1)[1]
+    assert "edge.admission.available_permits = " in ingest_part, done.stdout
+    assert "edge.dedup.unique_added = " in ingest_part

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/metrics/v1/metrics.proto\x12\x13\x63lawmesh.metrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x12GetSnapshotRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"a\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\x12\x0e\n\x06max_ms\x18\x05 \x01(\x01\"\xf0\x01\n\x0eMethodSnapshot\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12L\n\rstatus_counts\x18\x03 \x03(\x0b\x32\x35.clawmesh.metrics.v1.MethodSnapshot.StatusCountsEntry\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x1a\x33\n\x11StatusCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x83\x02\n\x0fServiceSnapshot\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x03 \x01(\x04\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x12\x34\n\x07methods\x18\x05 \x03(\x0b\x32#.clawmesh.metrics.v1.MethodSnapshot\x12\x11\n\tinstances\x18\x06 \x01(\r\x12\x34\n\x10last_report_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x13GetSnapshotResponse\x12\x36\n\x08services\x18\x01 \x03(\x0b\x32$.clawmesh.metrics.v1.ServiceSnapshot\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2r\n\x0eMetricsService\x12`\n\x0bGetSnapshot\x12\'.clawmesh.metrics.v1.GetSnapshotRequest\x1a(.clawmesh.metrics.v1.GetSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/metrics/v1/metrics.proto\x12\x13\x63lawmesh.metrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x12GetSnapshotRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"a\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\x12\x0e\n\x06max_ms\x18\x05 \x01(\x01\"\xf0\x01\n\x0eMethodSnapshot\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12L\n\rstatus_counts\x18\x03 \x03(\x0b\x32\x35.clawmesh.metrics.v1.MethodSnapshot.StatusCountsEntry\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x1a\x33\n\x11StatusCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xcf\x01\n\x10InstanceSnapshot\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x34\n\x10last_report_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x06gauges\x18\x03 \x03(\x0b\x32\x31.clawmesh.metrics.v1.InstanceSnapshot.GaugesEntry\x1a-\n\x0bGaugesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc4\x02\n\x0fServiceSnapshot\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x03 \x01(\x04\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x12\x34\n\x07methods\x18\x05 \x03(\x0b\x32#.clawmesh.metrics.v1.MethodSnapshot\x12\x11\n\tinstances\x18\x06 \x01(\r\x12\x34\n\x10last_report_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x10instance_details\x18\x08 \x03(\x0b\x32%.clawmesh.metrics.v1.InstanceSnapshot\"w\n\x13GetSnapshotResponse\x12\x36\n\x08services\x18\x01 \x03(\x0b\x32$.clawmesh.metrics.v1.ServiceSnapshot\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2r\n\x0eMetricsService\x12`\n\x0bGetSnapshot\x12\'.clawmesh.metrics.v1.GetSnapshotRequest\x1a(.clawmesh.metrics.v1.GetSnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METHODSNAPSHOT_STATUSCOUNTSENTRY']._loaded_options = None
   _globals['_METHODSNAPSHOT_STATUSCOUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_INSTANCESNAPSHOT_GAUGESENTRY']._loaded_options = None
+  _globals['_INSTANCESNAPSHOT_GAUGESENTRY']._serialized_options = b'8\001'
   _globals['_GETSNAPSHOTREQUEST']._serialized_start=91
   _globals['_GETSNAPSHOTREQUEST']._serialized_end=128
   _globals['_LATENCYSUMMARY']._serialized_start=130
@@ -42,10 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METHODSNAPSHOT']._serialized_end=470
   _globals['_METHODSNAPSHOT_STATUSCOUNTSENTRY']._serialized_start=419
   _globals['_METHODSNAPSHOT_STATUSCOUNTSENTRY']._serialized_end=470
-  _globals['_SERVICESNAPSHOT']._serialized_start=473
-  _globals['_SERVICESNAPSHOT']._serialized_end=732
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=734
-  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=853
-  _globals['_METRICSSERVICE']._serialized_start=855
-  _globals['_METRICSSERVICE']._serialized_end=969
+  _globals['_INSTANCESNAPSHOT']._serialized_start=473
+  _globals['_INSTANCESNAPSHOT']._serialized_end=680
+  _globals['_INSTANCESNAPSHOT_GAUGESENTRY']._serialized_start=635
+  _globals['_INSTANCESNAPSHOT_GAUGESENTRY']._serialized_end=680
+  _globals['_SERVICESNAPSHOT']._serialized_start=683
+  _globals['_SERVICESNAPSHOT']._serialized_end=1007
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_start=1009
+  _globals['_GETSNAPSHOTRESPONSE']._serialized_end=1128
+  _globals['_METRICSSERVICE']._serialized_start=1130
+  _globals['_METRICSSERVICE']._serialized_end=1244
 # @@protoc_insertion_point(module_scope)

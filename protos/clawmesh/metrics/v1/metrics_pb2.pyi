@@ -48,8 +48,25 @@ class MethodSnapshot(_message.Message):
     latency: LatencySummary
     def __init__(self, method: _Optional[str] = ..., request_count: _Optional[int] = ..., status_counts: _Optional[_Mapping[str, int]] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ...) -> None: ...
 
+class InstanceSnapshot(_message.Message):
+    __slots__ = ("instance_id", "last_report_time", "gauges")
+    class GaugesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_TIME_FIELD_NUMBER: _ClassVar[int]
+    GAUGES_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    last_report_time: _timestamp_pb2.Timestamp
+    gauges: _containers.ScalarMap[str, float]
+    def __init__(self, instance_id: _Optional[str] = ..., last_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., gauges: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class ServiceSnapshot(_message.Message):
-    __slots__ = ("service", "request_count", "error_count", "latency", "methods", "instances", "last_report_time")
+    __slots__ = ("service", "request_count", "error_count", "latency", "methods", "instances", "last_report_time", "instance_details")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
     ERROR_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +74,7 @@ class ServiceSnapshot(_message.Message):
     METHODS_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     LAST_REPORT_TIME_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_DETAILS_FIELD_NUMBER: _ClassVar[int]
     service: str
     request_count: int
     error_count: int
@@ -64,7 +82,8 @@ class ServiceSnapshot(_message.Message):
     methods: _containers.RepeatedCompositeFieldContainer[MethodSnapshot]
     instances: int
     last_report_time: _timestamp_pb2.Timestamp
-    def __init__(self, service: _Optional[str] = ..., request_count: _Optional[int] = ..., error_count: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[MethodSnapshot, _Mapping]]] = ..., instances: _Optional[int] = ..., last_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    instance_details: _containers.RepeatedCompositeFieldContainer[InstanceSnapshot]
+    def __init__(self, service: _Optional[str] = ..., request_count: _Optional[int] = ..., error_count: _Optional[int] = ..., latency: _Optional[_Union[LatencySummary, _Mapping]] = ..., methods: _Optional[_Iterable[_Union[MethodSnapshot, _Mapping]]] = ..., instances: _Optional[int] = ..., last_report_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance_details: _Optional[_Iterable[_Union[InstanceSnapshot, _Mapping]]] = ...) -> None: ...
 
 class GetSnapshotResponse(_message.Message):
     __slots__ = ("services", "time")
