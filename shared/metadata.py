@@ -13,6 +13,7 @@ language set these as ordinary gRPC metadata.
 | x-clawmesh-priority        | request, every hop | priority class name, e.g. ``high``            |
 | x-clawmesh-synthetic       | request            | ``true`` marks load-test traffic              |
 | x-clawmesh-replayed        | trailing           | ``true`` when a stored reply was replayed     |
+| x-clawmesh-quota-remaining | trailing (Submit)  | requests the tightest rate limit still admits |
 | traceparent / tracestate   | request, every hop | W3C trace context                             |
 | grpc-status-details-bin    | trailing           | google.rpc.Status with rich error details     |
 """
@@ -25,6 +26,7 @@ IDEMPOTENCY_KEY = "x-clawmesh-idempotency-key"
 PRIORITY = "x-clawmesh-priority"
 SYNTHETIC = "x-clawmesh-synthetic"
 REPLAYED = "x-clawmesh-replayed"
+QUOTA_REMAINING = "x-clawmesh-quota-remaining"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 STATUS_DETAILS = "grpc-status-details-bin"

@@ -1,7 +1,7 @@
 """Ingest core: the edge. Validates, resolves the tenant, keys the message, gates, forwards.
 
     ingest = Ingest(routing_client, settings, gate)
-    reply, replayed = await ingest.submit(message, request.HasField("message"), headers)
+    outcome = await ingest.submit(message, request.HasField("message"), headers)
 
 After validation every message goes through the edge gate (services/ingest/edge.py:
 rate limits, dedup with replay, priority admission), whatever the RPC shape.
@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from clawmesh.common.v1 import common_pb2
-from clawmesh.services.ingest.edge import EdgeGate
+from clawmesh.services.ingest.edge import EdgeGate, Outcome
 from clawmesh.services.ingest.validation import validate_inbound
 from clawmesh.shared import metadata as md
 from clawmesh.shared.errors import PermissionDenied
@@ -80,18 +80,18 @@ class Ingest:
         return forward, out, dedupable
 
     async def dispatch(self, forward: common_pb2.InboundMessage, out: dict[str, str],
-                       dedupable: bool, method: str = "Submit") -> tuple[common_pb2.Reply, bool]:
-        """The reply to a message that ``admit`` returned, and whether it was replayed."""
+                       dedupable: bool, method: str = "Submit") -> Outcome:
+        """The reply to a message that ``admit`` returned (replayed? quota left?)."""
 
         async def produce() -> common_pb2.Reply:
             return (await self.routing.dispatch(forward, out)).reply
 
         if self.gate is None:
-            return await produce(), False
+            return Outcome(await produce())
         return await self.gate.unary(forward, method, dedupable, produce)
 
     async def submit(self, message, present: bool, headers: dict[str, str],
-                     method: str = "Submit") -> tuple[common_pb2.Reply, bool]:
+                     method: str = "Submit") -> Outcome:
         forward, out, dedupable = self.admit(message, present, headers)
         return await self.dispatch(forward, out, dedupable, method)
 

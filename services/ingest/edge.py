@@ -1,7 +1,8 @@
 """The edge gate: rate limit → dedup → admission, once per admitted message.
 
     gate = EdgeGate.from_policy(load_policy(settings.ingest.policy_file))
-    reply, replayed = await gate.unary(forward, "Submit", dedupable, produce)
+    outcome = await gate.unary(forward, "Submit", dedupable, produce)
+    outcome.reply, outcome.replayed, outcome.quota_remaining
     await gate.close()
 
 It runs in ingest's core, after validation (bad input never takes quota or a dedup
@@ -27,6 +28,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.shared import context as callctx
@@ -45,6 +47,16 @@ from clawmesh.shared.policy import PER_S, EdgePolicy
 from clawmesh.shared.ratelimit import Limit, RateLimiter, Rule
 from clawmesh.shared.ratelimit import MemoryBackend as LimitMemory
 from clawmesh.shared.ratelimit import RedisBackend as LimitRedis
+
+
+@dataclass
+class Outcome:
+    """What the gate made of a message: its reply, whether replayed, quota left (-1: none)."""
+
+    reply: common_pb2.Reply
+    replayed: bool = False
+    quota_remaining: int = -1
+
 
 PRIORITY_NAMES = {v: k.removeprefix("PRIORITY_").lower() for k, v in common_pb2.Priority.items()}
 
@@ -139,9 +151,11 @@ class EdgeGate:
 
     # -- the three steps ---------------------------------------------------------------
 
-    async def _limit(self, message: common_pb2.InboundMessage, method: str) -> None:
+    async def _limit(self, message: common_pb2.InboundMessage, method: str) -> int:
+        """Raise RateLimited when a limit refuses; else the least quota left (-1: no limit)."""
         if self.limiter is None:
-            return
+            return -1
+        left = -1
         values = {"tenant": message.tenant, "channel": message.channel, "sender": message.sender,
                   "priority": PRIORITY_NAMES[message.priority], "method": method}
         for keys in self.shapes:
@@ -151,6 +165,9 @@ class EdgeGate:
                 if self.policy.rate_limits.enforce:
                     raise decision.error(descriptor)
                 self.shadow["rate_limited"] += 1
+            elif decision.remaining >= 0:
+                left = decision.remaining if left < 0 else min(left, decision.remaining)
+        return left
 
     async def _claim(self, key: str, ttl_s: float):
         info = callctx.current()
@@ -202,21 +219,21 @@ class EdgeGate:
         return "content:" + hashlib.sha256(basis.encode()).hexdigest()[:32], window
 
     async def unary(self, message: common_pb2.InboundMessage, method: str, dedupable: bool,
-                    produce: Callable[[], Awaitable[common_pb2.Reply]]) -> tuple[common_pb2.Reply, bool]:
-        """The reply to ``message`` and whether it was replayed (or coalesced)."""
-        await self._limit(message, method)
+                    produce: Callable[[], Awaitable[common_pb2.Reply]]) -> Outcome:
+        """The reply to ``message``, whether it was replayed (or coalesced), quota left."""
+        left = await self._limit(message, method)
         keyed = self._dedup_key(message, dedupable)
         if keyed is None:
             async with self._admitted(message):
-                return await produce(), False
+                return Outcome(await produce(), False, left)
         key, ttl = keyed
         claim = await self._claim(key, ttl)
         if not claim.owner:
             if self.policy.dedup.enforce:
-                return common_pb2.Reply.FromString(claim.reply), True
+                return Outcome(common_pb2.Reply.FromString(claim.reply), True, left)
             self.shadow["replayed"] += 1
             async with self._admitted(message):
-                return await produce(), False
+                return Outcome(await produce(), False, left)
         try:
             async with self._admitted(message):
                 reply = await produce()
@@ -224,7 +241,7 @@ class EdgeGate:
             await self.dedup.release(key)
             raise
         await self.dedup.complete(key, reply.SerializeToString())
-        return reply, False
+        return Outcome(reply, False, left)
 
     async def stream(self, message: common_pb2.InboundMessage, method: str, dedupable: bool,
                      produce: Callable[[], AsyncIterator[common_pb2.ReplyChunk]]

@@ -40,10 +40,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                                                     _headers(context))
         trailing = [(md.REQUEST_ID, out[md.REQUEST_ID])]
         context.set_trailing_metadata(trailing)
-        reply, replayed = await self.ingest.dispatch(forward, out, dedupable)
-        if replayed:  # a copy: the original's reply, marked
-            context.set_trailing_metadata([*trailing, (md.REPLAYED, "true")])
-        return ingest_pb2.SubmitResponse(reply=reply, replayed=replayed)
+        outcome = await self.ingest.dispatch(forward, out, dedupable)
+        if outcome.replayed:  # a copy: the original's reply, marked
+            trailing.append((md.REPLAYED, "true"))
+        if outcome.quota_remaining >= 0:
+            trailing.append((md.QUOTA_REMAINING, str(outcome.quota_remaining)))
+        context.set_trailing_metadata(trailing)
+        return ingest_pb2.SubmitResponse(reply=outcome.reply, replayed=outcome.replayed)
 
     async def SubmitStream(self, request, context):
         """One message in, the reply in chunks; the last chunk is final and carries it all."""
@@ -73,10 +76,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         async def answer(req: ingest_pb2.ConverseRequest) -> None:
             cid = req.correlation_id or req.message.channel_message_id
             try:
-                reply, replayed = await self.ingest.submit(
+                outcome = await self.ingest.submit(
                     req.message, req.HasField("message"), headers, method="Converse")
-                done.put_nowait(ingest_pb2.ConverseResponse(correlation_id=cid, reply=reply,
-                                                            replayed=replayed))
+                done.put_nowait(ingest_pb2.ConverseResponse(
+                    correlation_id=cid, reply=outcome.reply, replayed=outcome.replayed))
             except (ClawMeshError, grpc.aio.AioRpcError) as exc:
                 status = status_of(exc)
                 error = common_pb2.ErrorStatus(

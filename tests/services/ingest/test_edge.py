@@ -94,9 +94,13 @@ async def test_a_burst_over_the_limit_is_refused_with_retry_info_but_critical_pa
     async with inproc_mesh(settings) as servers:
         async with grpc.aio.insecure_channel(servers["ingest"].address) as channel:
             ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+            left = []
             for i in range(3):
-                await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(f"n{i}")),
-                                    metadata=TENANT, timeout=5)
+                call = ingest.Submit(ingest_pb2.SubmitRequest(message=inbound(f"n{i}")),
+                                     metadata=TENANT, timeout=5)
+                await call
+                left.append(dict(await call.trailing_metadata())["x-clawmesh-quota-remaining"])
+            assert left == ["2", "1", "0"]  # the remaining quota travels with each answer
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound("one too many")),
                                     metadata=TENANT, timeout=5)
@@ -301,6 +305,6 @@ async def test_shadow_mode_counts_what_it_would_refuse_and_lets_everything_throu
     await asyncio.wait_for(both.wait(), 5)  # shadow mode let the copy through to produce
     release.set()
     results = await asyncio.gather(first, second)
-    assert [replayed for _, replayed in results] == [False, False]  # both really produced
+    assert [o.replayed for o in results] == [False, False]  # both really produced
     assert gate.shadow == {"rate_limited": 1, "replayed": 1, "admission_refused": 1}
     await gate.close()
