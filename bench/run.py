@@ -615,7 +615,7 @@ def gate_goal(g: dict) -> dict:
 
     measured = (f"median of {len(g['rounds'])} alternated rounds: default policy {fig('on/off')}, "
                 f"+ never-refusing rate limit {fig('on_limit/off')}; on Redis (figure) "
-                f"{fig('on_limit_redis/off')}. Against no dedup work at all (off policy, messages "
+                f"{fig('on_limit_redis/off')}. Against no dedup work (off policy, messages "
                 f"without ids): default {fig('on/off_no_ids')}, + limit {fig('on_limit/off_no_ids')}, "
                 f"off (shadow dedup) {fig('off/off_no_ids')}")
     if g.get("redis_missing"):
@@ -866,7 +866,7 @@ GATE_LABELS = {
     "on_limit": "on + a rate-limit rule that never refuses (in-process)",
     "on_limit_redis": "on + never-refusing rate limit, state on Redis (dedup and limits)",
     "off": "off: policy file `{dedup: {enforce: false}, admission: {enforce: false}}`",
-    "off_no_ids": "off, messages without channel_message_id (no dedup work at all)",
+    "off_no_ids": "off, messages without channel_message_id (no dedup work)",
 }
 
 
@@ -938,9 +938,11 @@ def render_gate(g: dict, concurrency: int) -> list[str]:
         "rotated every round, so only the ingest in front differs and drift hits every variant alike. "
         "Ratios are medians over rounds of Submit/s ÷ the same round's off variant. \"Off\" is shadow "
         "mode, not absence: with `dedup.enforce: false` ingest still claims and completes every message's "
-        "key in the dedup store (it only skips the replay), and admission is skipped; the last variant "
-        "sends messages without `channel_message_id`, which ingest never deduplicates, so it measures no "
-        "gate work at all. Σ server µs/msg includes the Redis server's CPU on the Redis variant.",
+        "key in the dedup store (it never waits for an original and skips the replay), and with "
+        "`admission.enforce: false` nothing queues but in-flight calls are still counted against the "
+        "limit; the last variant sends messages without `channel_message_id`, which ingest never "
+        "deduplicates, so it has no dedup work at all (admission still in shadow). Σ server µs/msg "
+        "includes the Redis server's CPU on the Redis variant.",
         "",
         "| variant | " + " | ".join(f"round {i} msgs/s" for i in range(1, len(g["rounds"]) + 1))
         + " | ÷ off (median) | ÷ no dedup work (median) | Σ server µs/msg | ingest µs/msg | errors |",
