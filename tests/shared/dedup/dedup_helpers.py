@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes import FakeClock  # noqa: F401 - re-exported for these tests
 
 
 async def until(predicate, timeout_s: float = 2.0) -> None:

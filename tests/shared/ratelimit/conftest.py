@@ -5,22 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clawmesh.shared.ratelimit import MemoryBackend, RateLimiter, RedisBackend
-
-
-class FakeClock:
-    """Seconds that move only when told to."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-    def set(self, t: float) -> None:
-        self.t = t
+from tests.fakes import FakeClock
 
 
 @pytest.fixture
