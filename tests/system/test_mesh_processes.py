@@ -194,7 +194,10 @@ async def test_cli_send_and_health_work_against_the_running_mesh(mesh):
 async def test_sigterm_drains_in_flight_refuses_new_and_exits_zero(tmp_path):
     log_path = tmp_path / "services.log"  # INFO logs: what a slow shutdown was doing
     log_file = log_path.open("wb")
+    # Grace 5 s: the in-flight calls need 1.5 s; the 15 s wait below leaves 10 s for the
+    # closers (each bounded at 5 s) even on a loaded machine.
     mesh = MeshProcesses(mesh_env(tmp_path, CLAWMESH_PROVIDER__MOCK_LATENCY_MS="1500",
+                                  CLAWMESH_INGEST__GRACE_PERIOD_S="5",
                                   CLAWMESH_LOG_LEVEL="INFO"), stderr=log_file)
     await mesh.start()
     try:
