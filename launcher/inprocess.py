@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import grpc
 
 from clawmesh.common.v1 import common_pb2
+from clawmesh.routing.v1 import routing_pb2
 from clawmesh.services.ingest.core import Ingest
 from clawmesh.services.memory.client import MemoryClient
 from clawmesh.services.provider.client import ProviderClient
@@ -71,7 +72,7 @@ class DirectMesh:
 
     async def submit(self, message: common_pb2.InboundMessage,
                      headers: dict[str, str] | None = None) -> common_pb2.Reply:
-        return await self.ingest.submit(message, True, headers or {})
+        return (await self.ingest.submit(message, True, headers or {})).reply
 
 
 @asynccontextmanager
@@ -87,8 +88,6 @@ async def direct_mesh(settings: MeshSettings):
         """Routing's core behind the RoutingClient interface ingest uses."""
 
         async def dispatch(self, message, headers):
-            from clawmesh.routing.v1 import routing_pb2
-
             reply, _ = await router.dispatch(message)
             return routing_pb2.DispatchResponse(reply=reply)
 

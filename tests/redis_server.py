@@ -17,11 +17,7 @@ import subprocess
 import tempfile
 import time
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port
 
 
 class RedisServer:
@@ -32,7 +28,7 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
         self.binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="clawmesh-redis-")
         self._spawn()
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -283,4 +282,4 @@ class EdgeGate:
             out.update({"ratelimit.checks": s.checks, "ratelimit.refused": s.refused,
                         "ratelimit.backend_errors": s.backend_errors})
         out.update({f"shadow.{k}": v for k, v in self.shadow.items()})
-        return {k: (v if not (isinstance(v, float) and math.isnan(v)) else 0.0) for k, v in out.items()}
+        return out  # the exporter leaves non-finite values out

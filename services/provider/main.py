@@ -6,6 +6,7 @@ from clawmesh.provider.v1 import provider_pb2_grpc
 from clawmesh.services.provider.backends import MockBackend
 from clawmesh.services.provider.core import Provider
 from clawmesh.services.provider.servicer import ProviderServicer
+from clawmesh.services.registry import by_name
 from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import MeshServer, create_server
 from clawmesh.shared.settings import MeshSettings
@@ -21,6 +22,6 @@ async def build(settings: MeshSettings, stats=None) -> MeshServer:
     return create_server(
         cfg,
         [(provider_pb2_grpc.add_ProviderServiceServicer_to_server, ProviderServicer(provider))],
-        ["clawmesh.provider.v1.ProviderService"],
+        by_name("provider").grpc_services,
         server_chain(stats),
     )

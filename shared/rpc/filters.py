@@ -31,14 +31,6 @@ def any_of(*filters: Filter) -> Filter:
     return lambda method: any(f(method) for f in filters)
 
 
-def negate(f: Filter) -> Filter:
-    return lambda method: not f(method)
-
-
-def never(method: str) -> bool:
-    return False
-
-
 #: Health checks and reflection: never limited, deduplicated or counted.
 infrastructure: Filter = prefixes(HEALTH, REFLECTION)
 
