@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "CLAWMESH_"
 CONFIG_ENV = "CLAWMESH_CONFIG"
@@ -43,6 +43,9 @@ class ServerSettings(_Strict):
     address: str = Field("", description="how other services reach it; default host:port")
     grace_period_s: float = Field(10.0, gt=0, description="SIGTERM drain time")
     max_concurrent_rpcs: int | None = Field(None, ge=1, description="hard in-flight cap")
+    max_pending_requests: int = Field(
+        1000, ge=1, description="calls gRPC core holds before the event loop takes them; "
+        "beyond it new calls are dropped at once (CANCELLED), never queued")
     max_connection_age_s: float = Field(300.0, gt=0, description="clients re-resolve after")
     max_connection_age_grace_s: float = Field(
         120.0, gt=0,
@@ -57,6 +60,9 @@ class ServerSettings(_Strict):
 
 class IngestSettings(ServerSettings):
     port: int = 50051
+    # The edge: a short hidden backlog, so a call gRPC core cannot hand over soon is
+    # dropped at once instead of waiting unseen (README, "The edge").
+    max_pending_requests: int = 128
     max_content_bytes: int = Field(32 * 1024, ge=1)
     max_id_chars: int = Field(256, ge=1)
     max_attributes: int = Field(64, ge=0)
@@ -78,12 +84,155 @@ class RoutingSettings(ServerSettings):
     history_cache_ttl_s: float = Field(600.0, gt=0, description="idle time before an entry goes")
 
 
+def _by_kind(*classes: type[_Strict]) -> BeforeValidator:
+    """Validate a mapping as the class its ``kind`` names. (Pydantic's own tagged union puts the
+    tag into error locations, which would then name an environment variable that does not exist.)"""
+    kinds = {cls.model_fields["kind"].default: cls for cls in classes}
+
+    def pick(value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        cls = kinds.get(value.get("kind"))
+        if cls is None:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, kinds))}, not {value.get('kind')!r}")
+        return cls.model_validate(value)
+
+    return BeforeValidator(pick)
+
+
+class _Fault(_Strict):
+    rate: float = Field(1.0, ge=0, le=1, description="share of calls that get this fault")
+
+
+class ErrorFault(_Fault):
+    """The call fails as an unavailable backend (a 5xx)."""
+
+    kind: Literal["error"] = "error"
+
+
+class RateLimitFault(_Fault):
+    """The call fails as a 429 with this Retry-After."""
+
+    kind: Literal["rate_limit"] = "rate_limit"
+    retry_after_s: float = Field(1.0, ge=0)
+
+
+class SlowFirstTokenFault(_Fault):
+    """The first chunk (or the whole reply) comes ``delay_s`` late."""
+
+    kind: Literal["slow_first_token"] = "slow_first_token"
+    delay_s: float = Field(..., ge=0)
+
+
+class StallFault(_Fault):
+    """The stream stops for ``delay_s`` after ``after_chunks`` chunks (a reply: delayed)."""
+
+    kind: Literal["stall"] = "stall"
+    after_chunks: int = Field(1, ge=0)
+    delay_s: float = Field(..., ge=0)
+
+
+class MalformedFault(_Fault):
+    """Chunk ``after_chunks`` of the stream (or the reply) does not parse."""
+
+    kind: Literal["malformed"] = "malformed"
+    after_chunks: int = Field(0, ge=0)
+
+
+_FAULTS = (ErrorFault, RateLimitFault, SlowFirstTokenFault, StallFault, MalformedFault)
+MockFault = Annotated[
+    ErrorFault | RateLimitFault | SlowFirstTokenFault | StallFault | MalformedFault,
+    Field(discriminator="kind"), _by_kind(*_FAULTS),
+]
+
+
+class ToolCallConfig(_Strict):
+    name: str = Field(..., min_length=1)
+    arguments: dict[str, Any] | str = Field(default_factory=dict, description="object or JSON text")
+    id: str = Field("", description="empty: call_<round>_<index>")
+
+
+class _BackendBase(_Strict):
+    max_concurrency: int | None = Field(None, ge=1, description="calls at once; more wait")
+    first_token_timeout_s: float | None = Field(60.0, gt=0, description="request to first token")
+    stall_timeout_s: float | None = Field(30.0, gt=0, description="gap between streamed chunks")
+    total_timeout_s: float | None = Field(600.0, gt=0, description="a whole call")
+
+
+class MockBackendConfig(_BackendBase):
+    """The embedded deterministic backend, with latency and injected faults."""
+
+    kind: Literal["mock"] = "mock"
+    model: str = "mock-1"
+    latency_s: float = Field(0.0, ge=0, description="before the reply or its first chunk")
+    jitter_s: float = Field(0.0, ge=0, description="plus uniform(0, jitter_s), seeded")
+    chunk_words: int = Field(3, ge=1, description="words per streamed chunk")
+    chunk_delay_s: float = Field(0.0, ge=0, description="between streamed chunks")
+    seed: int | None = Field(None, description="same seed, same jitter and faults")
+    faults: list[MockFault] = Field(
+        default_factory=list, description="at most one per call, drawn by rate, in this order"
+    )
+    tool_script: list[list[ToolCallConfig]] = Field(
+        default_factory=list,
+        description="tool calls of the model's first turns after a user message, then the answer",
+    )
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> MockBackendConfig:
+        if sum(f.rate for f in self.faults) > 1 + 1e-9:
+            raise ValueError("fault rates add up to more than 1")
+        return self
+
+
+class OpenAIBackendConfig(_BackendBase):
+    """An OpenAI-compatible chat-completions server (OpenAI, DeepSeek, vLLM, Ollama, llama.cpp)."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str = Field(..., pattern=r"^https?://", description="e.g. https://api.openai.com/v1")
+    model: str = Field(..., min_length=1, description="used when a request names none")
+    models: list[str] = Field(default_factory=list, description="other models to list")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable holding the key (none: no auth header)",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every request")
+    connect_timeout_s: float = Field(5.0, gt=0)
+
+
+BackendConfig = Annotated[
+    MockBackendConfig | OpenAIBackendConfig, Field(discriminator="kind"),
+    _by_kind(MockBackendConfig, OpenAIBackendConfig),
+]
+
+
 class ProviderSettings(ServerSettings):
+    """The provider service. No ``backends``: one mock named "mock" from the ``mock_*`` fields."""
+
     port: int = 50053
     default_backend: str = "mock"
     mock_model: str = "mock-1"
     mock_latency_ms: float = Field(0.0, ge=0, description="added per mock generation")
     mock_chunk_words: int = Field(3, ge=1, description="words per streamed mock chunk")
+    backends: dict[str, BackendConfig] = Field(
+        default_factory=dict, description="by name; a discriminated union on `kind`"
+    )
+
+    def backend_configs(self) -> dict[str, MockBackendConfig | OpenAIBackendConfig]:
+        """The configured backends, or the default mock when none are."""
+        if self.backends:
+            return dict(self.backends)
+        return {"mock": MockBackendConfig(
+            model=self.mock_model, latency_s=self.mock_latency_ms / 1000.0,
+            chunk_words=self.mock_chunk_words,
+        )}
+
+    @model_validator(mode="after")
+    def _default_is_configured(self) -> ProviderSettings:
+        names = self.backend_configs()
+        if self.default_backend not in names:
+            raise ValueError(f"default_backend {self.default_backend!r} is not configured; "
+                             f"backends: {', '.join(names)}")
+        return self
 
 
 class MemorySettings(ServerSettings):

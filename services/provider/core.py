@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 
-from clawmesh.services.provider.backends import Backend, BackendInfo, Generation, Turn
+from clawmesh.services.provider.backends import Backend, BackendInfo, Generation, TextStream, ToolSpec, Turn
 from clawmesh.shared.errors import InvalidArgument
 
 
@@ -34,17 +34,22 @@ class Provider:
         if not turns:
             raise InvalidArgument("messages", "must contain at least one message")
 
-    async def generate(self, backend: str, model: str, turns: list[Turn],
-                       max_tokens: int) -> tuple[BackendInfo, Generation]:
+    async def generate(self, backend: str, model: str, turns: list[Turn], max_tokens: int,
+                       tools: Sequence[ToolSpec] = ()) -> tuple[BackendInfo, Generation]:
         self._check(turns)
         chosen = self.backend(backend)
-        return chosen.info, await chosen.generate(turns, model, max_tokens)
+        return chosen.info, await chosen.generate(turns, model, max_tokens, tools)
 
-    def stream(self, backend: str, model: str, turns: list[Turn],
-               max_tokens: int) -> tuple[Backend, AsyncIterator[str]]:
+    def stream(self, backend: str, model: str, turns: list[Turn], max_tokens: int,
+               tools: Sequence[ToolSpec] = ()) -> tuple[Backend, TextStream]:
         self._check(turns)
         chosen = self.backend(backend)
-        return chosen, chosen.stream(turns, model, max_tokens)
+        return chosen, chosen.stream(turns, model, max_tokens, tools)
 
     def list(self) -> list[tuple[BackendInfo, bool]]:
         return [(b.info, name == self.default) for name, b in self.backends.items()]
+
+    async def aclose(self) -> None:
+        """Close every backend's connections (at server stop)."""
+        for backend in self.backends.values():
+            await backend.aclose()

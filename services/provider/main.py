@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from clawmesh.provider.v1 import provider_pb2_grpc
-from clawmesh.services.provider.backends import MockBackend
+from clawmesh.services.provider.backends import build_backends
 from clawmesh.services.provider.core import Provider
 from clawmesh.services.provider.servicer import ProviderServicer
 from clawmesh.services.registry import by_name
@@ -14,14 +14,12 @@ from clawmesh.shared.settings import MeshSettings
 
 async def build(settings: MeshSettings, stats=None) -> MeshServer:
     cfg = settings.provider
-    mock = MockBackend(
-        name="mock", model=cfg.mock_model, latency_s=cfg.mock_latency_ms / 1000.0,
-        chunk_words=cfg.mock_chunk_words,
-    )
-    provider = Provider({"mock": mock}, default=cfg.default_backend)
-    return create_server(
+    provider = Provider(build_backends(cfg), default=cfg.default_backend)
+    server = create_server(
         cfg,
         [(provider_pb2_grpc.add_ProviderServiceServicer_to_server, ProviderServicer(provider))],
         by_name("provider").grpc_services,
         server_chain(stats),
     )
+    server.on_stop(provider.aclose)
+    return server

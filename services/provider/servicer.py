@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
-from clawmesh.services.provider.backends import Turn
+from clawmesh.services.provider.backends import BackendError, BadRequest, RateLimited, Turn
 from clawmesh.services.provider.core import Provider
-from clawmesh.shared.errors import InvalidArgument
-from clawmesh.shared.tokens import estimate_tokens
+from clawmesh.shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 ROLES = {
     common_pb2.ROLE_SYSTEM: "system",
@@ -33,10 +35,24 @@ def decode_turns(messages) -> list[Turn]:
     return turns
 
 
+@contextmanager
+def backend_errors() -> Iterator[None]:
+    """Backend failures as the mesh's statuses (shared.errors holds the table)."""
+    try:
+        yield
+    except RateLimited as exc:  # RESOURCE_EXHAUSTED + RetryInfo
+        raise ResourceExhausted(exc.message, exc.retry_after_s) from exc
+    except BadRequest as exc:  # INVALID_ARGUMENT: the request, not the backend
+        raise InvalidArgument(exc.field or "messages", exc.message) from exc
+    except BackendError as exc:  # UNAVAILABLE (+ RetryInfo when known): down, timed out, malformed
+        raise Unavailable(exc.message, exc.retry_after_s) from exc
+
+
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     """``clawmesh.provider.v1.ProviderService`` over the ``Provider`` core.
 
     An unknown backend or role, or no messages: INVALID_ARGUMENT naming the field.
+    Backend failures: see ``backend_errors``.
     """
 
     def __init__(self, provider: Provider) -> None:
@@ -44,10 +60,11 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     async def Generate(self, request, context):
         """One completion of ``messages`` on the requested (or default) backend."""
-        info, gen = await self.provider.generate(
-            request.backend, request.model, decode_turns(request.messages),
-            request.params.max_tokens,
-        )
+        turns = decode_turns(request.messages)
+        with backend_errors():
+            info, gen = await self.provider.generate(
+                request.backend, request.model, turns, request.params.max_tokens,
+            )
         return provider_pb2.GenerateResponse(
             message=common_pb2.ChatMessage(
                 role=common_pb2.ROLE_ASSISTANT, content=gen.content,
@@ -70,30 +87,36 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
         model = request.model or backend.info.models[0]
         index = 0
-        completion = 0
-        async for delta in chunks:
-            completion += estimate_tokens(delta)
-            yield provider_pb2.GenerateStreamResponse(
-                delta=delta, index=index, backend=backend.info.name, model=model
-            )
-            index += 1
-        prompt = sum(estimate_tokens(t.content) for t in turns)
+        try:
+            with backend_errors():
+                async for delta in chunks:
+                    yield provider_pb2.GenerateStreamResponse(
+                        delta=delta, index=index, backend=backend.info.name, model=model
+                    )
+                    index += 1
+        finally:
+            await chunks.aclose()  # a cancelled call closes the backend's request now
+        gen = chunks.result
         yield provider_pb2.GenerateStreamResponse(
-            index=index, final=True, backend=backend.info.name, model=model,
-            finish_reason=common_pb2.FINISH_REASON_STOP,
+            index=index, final=True, backend=backend.info.name, model=gen.model,
+            finish_reason=FINISH[gen.finish_reason],
             usage=common_pb2.Usage(
-                prompt_tokens=prompt, completion_tokens=completion,
-                total_tokens=prompt + completion,
+                prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                total_tokens=gen.prompt_tokens + gen.completion_tokens,
             ),
         )
 
     async def ListBackends(self, request, context):
-        """Every configured backend with its health and breaker state."""
+        """Every configured backend with its health and breaker state.
+
+        In-flight calls and latency (``BackendInfo.stats``) have no field in BackendStatus yet.
+        """
         return provider_pb2.ListBackendsResponse(
             backends=[
                 provider_pb2.BackendStatus(
                     name=info.name, kind=info.kind, models=info.models, healthy=info.healthy,
                     breaker_state=provider_pb2.BREAKER_STATE_CLOSED, is_default=is_default,
+                    consecutive_failures=info.stats.consecutive_faults,
                 )
                 for info, is_default in self.provider.list()
             ]
