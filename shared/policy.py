@@ -14,7 +14,7 @@ have refused and lets everything through. Example::
           limits:
             - {name: sender-burst, rate: 1, per: second, burst: 10}
             - {name: sender-minute, rate: 60, per: minute}
-    admission: {initial_limit: 128, max_queue: 256, target_latency_ms: 1000}
+    admission: {limit: gradient, initial_limit: 32, max_queue: 256, max_wait_services: 1.0}
 """
 
 from __future__ import annotations
@@ -93,16 +93,30 @@ class RateLimitPolicy(_Strict):
 
 class AdmissionPolicy(_Strict):
     enforce: bool = True
-    initial_limit: int = Field(128, ge=1)
-    min_limit: int = Field(16, ge=1)
+    limit: Literal["gradient", "aimd", "fixed"] = Field(
+        "gradient", description="gradient: backs off when calls get slower than their reference "
+        "latency (see reference; no target to tune); aimd: backs off above target_latency_ms; "
+        "fixed: initial_limit")
+    reference: Literal["average", "min"] = Field(
+        "average", description="gradient: 1.5x the long-term average latency, or 2x the least "
+        "latency of the last 600-1200 calls (stricter on latency, sheds more on a busy host)")
+    initial_limit: int = Field(32, ge=1)
+    min_limit: int = Field(8, ge=1)
     max_limit: int = Field(1024, ge=1)
-    target_latency_ms: float = Field(1000.0, gt=0, description="AIMD backs off above this")
+    target_latency_ms: float | None = Field(
+        None, gt=0, description="aimd: required; gradient: a fixed reference instead of the average")
     max_queue: int = Field(256, ge=0)
+    max_wait_ms: float | None = Field(5.0, ge=0, description="a call may wait in the queue this long")
+    max_wait_services: float | None = Field(
+        1.0, gt=0, description="... or this many expected service times, the longer of the two; "
+        "both null: calls wait up to their deadline")
 
     @model_validator(mode="after")
     def _ordered(self) -> AdmissionPolicy:
         if not self.min_limit <= self.initial_limit <= self.max_limit:
             raise ValueError("need min_limit <= initial_limit <= max_limit")
+        if self.limit == "aimd" and self.target_latency_ms is None:
+            raise ValueError("limit: aimd needs target_latency_ms")
         return self
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.shared import context as callctx
-from clawmesh.shared.admission import AdmissionController, AIMDLimit
+from clawmesh.shared.admission import AdmissionController, AIMDLimit, GradientLimit
 from clawmesh.shared.dedup import (
     Claim,
     Deduplicator,
@@ -78,10 +78,18 @@ def _limiter(policy: EdgePolicy, backend, clock) -> RateLimiter | None:
 
 def _admission(policy: EdgePolicy, clock) -> AdmissionController:
     a = policy.admission
+    target_s = None if a.target_latency_ms is None else a.target_latency_ms / 1000.0
+    bounds = {"initial": a.initial_limit, "min_limit": a.min_limit, "max_limit": a.max_limit}
+    if a.limit == "aimd":
+        limit = AIMDLimit(**bounds, target_latency_s=target_s)
+    elif a.limit == "gradient":
+        limit = GradientLimit(**bounds, target_latency_s=target_s, reference=a.reference,
+                              tolerance=2.0 if a.reference == "min" else 1.5)
+    else:
+        limit = a.initial_limit
     return AdmissionController(
-        AIMDLimit(initial=a.initial_limit, min_limit=a.min_limit, max_limit=a.max_limit,
-                  target_latency_s=a.target_latency_ms / 1000.0),
-        max_queue=a.max_queue, clock=clock,
+        limit, max_queue=a.max_queue, clock=clock, max_wait_services=a.max_wait_services,
+        max_wait_s=None if a.max_wait_ms is None else a.max_wait_ms / 1000.0,
     )
 
 

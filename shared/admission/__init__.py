@@ -69,6 +69,7 @@ from clawmesh.shared.admission.base import (
     Priority,
     PriorityLike,
     QueueFull,
+    QueueTimeout,
     Reason,
     Shed,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "PriorityLike",
     "PriorityWaitQueue",
     "QueueFull",
+    "QueueTimeout",
     "Reason",
     "Shed",
     "WorkerPool",

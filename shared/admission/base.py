@@ -73,6 +73,7 @@ class Reason(enum.StrEnum):
     SHED = "shed"  # was waiting; evicted by a newcomer of a higher class
     QUEUE_FULL = "queue_full"  # newcomer refused: queue full of its class or higher
     DEADLINE_UNMEETABLE = "deadline_unmeetable"  # deadline − expected service time has passed
+    QUEUE_TIMEOUT = "queue_timeout"  # would wait (or has waited) longer than the queue's max wait
     CLOSED = "closed"  # the pool is draining
 
 
@@ -80,6 +81,7 @@ _DESCRIPTIONS = {
     Reason.SHED: "shed from the wait queue by a higher-priority request",
     Reason.QUEUE_FULL: "admission queue is full of requests of this class or higher",
     Reason.DEADLINE_UNMEETABLE: "deadline cannot be met given the expected service time",
+    Reason.QUEUE_TIMEOUT: "admission queue wait would exceed its bound",
     Reason.CLOSED: "not accepting work: draining",
 }
 
@@ -121,6 +123,16 @@ class DeadlineUnmeetable(AdmissionRejected):
     """Refused rather than served late: deadline − expected service time is past."""
 
     reason = Reason.DEADLINE_UNMEETABLE
+
+
+class QueueTimeout(Shed):
+    """Refused for load: its expected (or actual) wait in the queue exceeds ``max_wait_s``.
+
+    A queue is a buffer for bursts, not a place to serve calls late: a call that
+    would wait longer than the bound is told to come back, at once.
+    """
+
+    reason = Reason.QUEUE_TIMEOUT
 
 
 class Closed(AdmissionRejected):

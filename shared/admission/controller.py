@@ -19,6 +19,7 @@ from clawmesh.shared.admission.base import (
     Priority,
     PriorityLike,
     QueueFull,
+    QueueTimeout,
     Reason,
     Shed,
 )
@@ -45,10 +46,16 @@ class AdmissionController:
     ``clock``: monotonic seconds; deadlines are on it and latencies are measured
     with it. ``service_time``: the expected-service-time estimate (EWMA of the
     observed latencies). ``drop_on``: exceptions that count a call as dropped.
+    ``max_wait_s`` / ``max_wait_services``: the longest a call may wait in the
+    queue, in seconds and/or in expected service times (the larger of those set;
+    neither: up to its deadline); a newcomer whose expected wait (the waiters of its class or higher
+    ahead of it ÷ the limit × the expected service time) is longer is refused at
+    once, and a waiter still queued after it is refused then (``QueueTimeout``).
 
-    Waiters whose deadline becomes unmeetable are refused on every arrival and
-    release, by :meth:`sweep`, and by a loop timer armed at each one's latest start
-    (delay computed on ``clock``; with a fake clock, call :meth:`sweep`).
+    Waiters whose deadline becomes unmeetable (or whose wait bound passes) are
+    refused on every arrival and release, by :meth:`sweep`, and by a loop timer
+    armed at each one's latest start (delay computed on ``clock``; with a fake
+    clock, call :meth:`sweep`).
     """
 
     def __init__(
@@ -61,7 +68,14 @@ class AdmissionController:
         min_retry_after_s: float = 0.05,
         max_retry_after_s: float = 30.0,
         drop_on: tuple[type[BaseException], ...] = (TimeoutError,),
+        max_wait_s: float | None = None,
+        max_wait_services: float | None = None,
     ) -> None:
+        if (max_wait_s is not None and max_wait_s < 0) or (
+                max_wait_services is not None and max_wait_services <= 0):
+            raise ValueError("max_wait_s must be >= 0 and max_wait_services > 0")
+        self.max_wait_s = max_wait_s
+        self.max_wait_services = max_wait_services
         self.limiter: Limit = FixedLimit(limit) if isinstance(limit, int) else limit
         self.clock = clock
         self.service_time = service_time if service_time is not None else LatencyEstimate()
@@ -70,7 +84,7 @@ class AdmissionController:
         self.drop_on = drop_on
         self._queue: PriorityWaitQueue[Permit] = PriorityWaitQueue(max_queue)
         self._in_use = 0
-        self._with_deadline = 0  # waiters that have a deadline (skip sweeps when 0)
+        self._with_deadline = 0  # waiters with a latest start (skip sweeps when 0)
         self._rejected: Counter[tuple[Reason, Priority]] = Counter()
 
     # -- the API ---------------------------------------------------------------
@@ -95,6 +109,12 @@ class AdmissionController:
         if not self._queue and self._in_use < self.limiter.limit:
             self._start(permit)
             return permit
+        max_wait = self.max_wait()
+        if max_wait is not None:
+            ahead = self._queue.ahead_of(prio)
+            if (ahead + 1) / self.limiter.limit * self.service_time.value_s > max_wait:
+                raise self._rejection(QueueTimeout, prio)
+            permit.wait_until = now + max_wait
         action, victim = self._queue.admission(prio)
         if action == "refuse":
             raise self._rejection(QueueFull, prio)
@@ -103,7 +123,7 @@ class AdmissionController:
             self._reject(victim, Shed)
         permit._future = asyncio.get_running_loop().create_future()
         self._queue.push(permit)
-        if deadline is not None:
+        if permit.bounded:
             self._with_deadline += 1
             self._arm(permit, now)
         return permit
@@ -115,7 +135,7 @@ class AdmissionController:
         self._grant()
 
     def sweep(self) -> int:
-        """Refuse every waiter whose deadline can no longer be met; how many."""
+        """Refuse every waiter whose deadline can no longer be met or wait bound passed; how many."""
         return self._sweep(self.clock())
 
     # -- stats -----------------------------------------------------------------
@@ -162,6 +182,13 @@ class AdmissionController:
     def expected_service_s(self) -> float:
         return self.service_time.value_s
 
+    def max_wait(self) -> float | None:
+        """The queue's wait bound now, seconds (None: none)."""
+        bounds = [] if self.max_wait_s is None else [self.max_wait_s]
+        if self.max_wait_services is not None:
+            bounds.append(self.max_wait_services * self.service_time.value_s)
+        return max(bounds) if bounds else None
+
     def retry_after_s(self) -> float:
         """The hint given with a rejection: expected service × (queue rounds + 1), clamped."""
         rounds = len(self._queue) / self.limiter.limit + 1.0
@@ -184,6 +211,20 @@ class AdmissionController:
     def _unmeetable(self, deadline: float, now: float) -> bool:
         return deadline - self.service_time.value_s < now
 
+    def _expired(self, permit: Permit, now: float) -> type[AdmissionRejected] | None:
+        """Why a waiter must be refused now (None: it may wait on)."""
+        if permit.deadline is not None and self._unmeetable(permit.deadline, now):
+            return DeadlineUnmeetable
+        if permit.wait_until is not None and permit.wait_until < now:
+            return QueueTimeout
+        return None
+
+    def _latest_start(self, permit: Permit) -> float:
+        bounds = [permit.deadline - self.service_time.value_s] if permit.deadline is not None else []
+        if permit.wait_until is not None:
+            bounds.append(permit.wait_until)
+        return min(bounds)
+
     def _rejection(self, cls: type[AdmissionRejected], priority: Priority) -> AdmissionRejected:
         self._rejected[(cls.reason, priority)] += 1
         return cls(priority, self.retry_after_s())
@@ -205,7 +246,7 @@ class AdmissionController:
 
     def _remove(self, permit: Permit) -> None:
         """Out of the queue (if there) and its deadline timer off."""
-        if self._queue.remove(permit) and permit.deadline is not None:
+        if self._queue.remove(permit) and permit.bounded:
             self._with_deadline -= 1
         if permit._timer is not None:
             permit._timer.cancel()
@@ -215,14 +256,15 @@ class AdmissionController:
         now: float | None = None
         while self._queue and self._in_use < self.limiter.limit:
             permit = self._queue.pop()
-            if permit.deadline is not None:
+            if permit.bounded:
                 self._with_deadline -= 1
                 if permit._timer is not None:
                     permit._timer.cancel()
                     permit._timer = None
                 now = self.clock() if now is None else now
-                if self._unmeetable(permit.deadline, now):
-                    self._reject(permit, DeadlineUnmeetable)
+                why = self._expired(permit, now)
+                if why is not None:
+                    self._reject(permit, why)
                     continue
             self._start(permit)
 
@@ -248,16 +290,15 @@ class AdmissionController:
             self._release(permit, sample=False, dropped=False)
 
     def _sweep(self, now: float) -> int:
-        doomed = [p for p in self._queue if p.deadline is not None and self._unmeetable(p.deadline, now)]
-        for permit in doomed:
+        doomed = [(p, why) for p in self._queue if p.bounded and (why := self._expired(p, now))]
+        for permit, why in doomed:
             self._remove(permit)
-            self._reject(permit, DeadlineUnmeetable)
+            self._reject(permit, why)
         return len(doomed)
 
     def _arm(self, permit: Permit, now: float) -> None:
         """Wake at the waiter's latest start, so it is refused on time without traffic."""
-        assert permit.deadline is not None
-        delay = permit.deadline - self.service_time.value_s - now
+        delay = self._latest_start(permit) - now
         loop = asyncio.get_running_loop()
         permit._timer = loop.call_later(max(delay, _MIN_TIMER_S), self._on_timer, permit)
 
@@ -266,8 +307,9 @@ class AdmissionController:
         if permit.state != WAITING:
             return
         now = self.clock()
-        if permit.deadline is not None and self._unmeetable(permit.deadline, now):
+        why = self._expired(permit, now)
+        if why is not None:
             self._remove(permit)
-            self._reject(permit, DeadlineUnmeetable)
+            self._reject(permit, why)
         else:
             self._arm(permit, now)

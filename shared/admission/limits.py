@@ -106,10 +106,13 @@ class AIMDLimit(_Bounded):
 class GradientLimit(_Bounded):
     """Gradient limit (Netflix Gradient2, simplified to one update per sample).
 
-    The reference latency is ``target_latency_s`` when given, else a long-term
-    exponential average of the samples (window ``long_window`` samples; it is
-    pulled down when the short term is less than half of it, so a long-lived
-    overload does not become the new normal). Per sample:
+    The reference latency is ``target_latency_s`` when given; else, with
+    ``reference="min"``, the least latency seen over the last one to two periods of
+    ``long_window`` samples (the no-queueing latency, as TCP Vegas uses: it follows a
+    backend that really got slower within two periods, and never drifts up with a
+    queue); else a long-term exponential average of the samples (window
+    ``long_window`` samples; pulled down when the short term is less than half of
+    it, so a long-lived overload does not become the new normal). Per sample:
 
     - app-limited (``inflight < value / 2``) and not dropped: unchanged;
     - ``gradient = clamp(tolerance × reference / latency, 0.5, 1)`` (0.5 if dropped);
@@ -130,8 +133,16 @@ class GradientLimit(_Bounded):
         smoothing: float = 0.2,
         queue_size: float = 4.0,
         long_window: int = 600,
+        reference: str = "average",
     ) -> None:
         super().__init__(initial, min_limit, max_limit)
+        if reference not in ("average", "min"):
+            raise ValueError("reference must be 'average' or 'min'")
+        self.reference = reference
+        self.long_window = long_window
+        self._period_min = math.inf  # least latency of the current period
+        self._previous_min = math.inf  # ... and of the one before
+        self._period_samples = 0
         if target_latency_s is not None and target_latency_s <= 0:
             raise ValueError("target_latency_s must be > 0")
         if tolerance < 1.0 or not 0.0 < smoothing <= 1.0 or queue_size < 0 or long_window < 1:
@@ -146,6 +157,12 @@ class GradientLimit(_Bounded):
     def _reference(self, latency_s: float) -> float:
         if self.target_latency_s is not None:
             return self.target_latency_s
+        if self.reference == "min":
+            self._period_min = min(self._period_min, latency_s)
+            self._period_samples += 1
+            if self._period_samples >= self.long_window:
+                self._previous_min, self._period_min, self._period_samples = self._period_min, math.inf, 0
+            return min(self._previous_min, self._period_min)
         if self.long_latency_s is None:
             self.long_latency_s = latency_s
         else:

@@ -28,13 +28,14 @@ class Permit:
     ``permit.ignore()`` to keep its latency out of the statistics.
     """
 
-    __slots__ = ("priority", "deadline", "state", "enqueued_at", "granted_at", "inflight",
+    __slots__ = ("priority", "deadline", "wait_until", "state", "enqueued_at", "granted_at", "inflight",
                  "dropped", "ignored", "_controller", "_future", "_timer", "_error")
 
     def __init__(self, controller: AdmissionController, priority: Priority, deadline: float | None,
                  now: float) -> None:
         self.priority = priority
         self.deadline = deadline
+        self.wait_until: float | None = None  # the controller's max wait, if it has one
         self.state = WAITING
         self.enqueued_at = now
         self.granted_at: float | None = None
@@ -48,6 +49,11 @@ class Permit:
 
     def __repr__(self) -> str:
         return f"<Permit {self.priority.label} {self.state} deadline={self.deadline}>"
+
+    @property
+    def bounded(self) -> bool:
+        """Whether it has a latest start (a deadline or a wait bound) while queued."""
+        return self.deadline is not None or self.wait_until is not None
 
     async def wait(self) -> Permit:
         """Until granted. Raises the rejection if shed or refused while waiting."""

@@ -68,6 +68,10 @@ class PriorityWaitQueue(Generic[T]):
     def count(self, priority: Priority) -> int:
         return len(self._classes[priority])
 
+    def ahead_of(self, priority: Priority) -> int:
+        """Waiters a newcomer of ``priority`` would queue behind (its class and higher)."""
+        return sum(len(self._classes[p]) for p in CLASSES if p <= priority)
+
     def counts(self) -> dict[Priority, int]:
         return {p: len(w) for p, w in self._classes.items()}
 

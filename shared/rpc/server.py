@@ -59,6 +59,8 @@ class MeshServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", settings.max_pending_requests),
+            ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_requests * 3),
         ]
         self.server = grpc.aio.server(
             options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs

@@ -17,6 +17,7 @@ from clawmesh.shared.admission import (
     LatencyEstimate,
     Priority,
     QueueFull,
+    QueueTimeout,
     Reason,
     Shed,
 )
@@ -155,6 +156,41 @@ async def test_deadline_unmeetable_refused_at_arrival_and_in_queue(clock: FakeCl
     assert later.state == "rejected" and no_deadline.state == "granted"
     assert ctl.rejected_count[(Reason.DEADLINE_UNMEETABLE, N)] == 2
     assert ctl.rejected_count[(Reason.DEADLINE_UNMEETABLE, H)] == 1
+
+
+async def test_queue_wait_bound_refuses_at_arrival_and_in_queue(clock: FakeClock):
+    ctl = AdmissionController(2, max_queue=10, clock=clock, max_wait_s=1.5,
+                              service_time=LatencyEstimate(initial_s=1.0))
+    holders = [ctl.reserve(N), ctl.reserve(N)]  # both permits taken: newcomers queue
+    first = ctl.reserve(N)  # expected wait (0 + 1) / 2 × 1.0 = 0.5 s
+    second = ctl.reserve(N)  # (1 + 1) / 2 = 1.0 s
+    third = ctl.reserve(N)  # (2 + 1) / 2 = 1.5 s: at the bound, still queued
+    with pytest.raises(QueueTimeout) as info:  # (3 + 1) / 2 = 2.0 s > 1.5: refused at once
+        ctl.reserve(N)
+    assert info.value.reason is Reason.QUEUE_TIMEOUT and ctl.waiting_count == 3
+    crit = ctl.reserve(C)  # nothing of its class or higher ahead: 0.5 s
+    assert [p.state for p in (first, second, third, crit)] == ["waiting"] * 4
+    holders[0].release(sample=False)  # crit goes first
+    assert crit.state == "granted"
+    clock.advance(1.6)  # everyone still queued has waited past the bound
+    assert ctl.sweep() == 3
+    for waiter in (first, second, third):
+        with pytest.raises(QueueTimeout):
+            await waiter.wait()
+    assert ctl.rejected_count[(Reason.QUEUE_TIMEOUT, N)] == 4
+    status = status_of(info.value)
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "admission:queue_timeout:normal" in str(status)
+
+
+async def test_queue_wait_bound_timer_refuses_without_traffic():
+    ctl = AdmissionController(1, max_queue=10, max_wait_s=0.02)  # real monotonic clock
+    holder = ctl.reserve(N)
+    waiter = ctl.reserve(N)  # no deadline: only the wait bound limits it
+    with pytest.raises(QueueTimeout):
+        await waiter.wait()
+    assert ctl.waiting_count == 0
+    holder.release()
 
 
 async def test_expected_service_time_comes_from_observed_latency(clock: FakeClock):

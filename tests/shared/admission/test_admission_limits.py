@@ -68,6 +68,20 @@ def test_gradient_series_with_long_term_reference():
     assert limit.value == pytest.approx(12.65625)
 
 
+def test_gradient_min_reference_follows_the_least_latency_of_two_periods():
+    limit = GradientLimit(initial=10, min_limit=1, max_limit=100, tolerance=2.0, smoothing=1.0,
+                          queue_size=0, long_window=2, reference="min")
+    assert limit.on_sample(0.010, 10, False) == 10  # reference 0.010: 2 × .01 / .01 → gradient 1
+    assert limit.on_sample(0.040, 10, False) == 5  # reference 0.010: 2 × .01 / .04 = 0.5
+    # period 1 ended (min 0.010); period 2 begins
+    assert limit.on_sample(0.030, 5, False) == 3  # reference still 0.010: gradient 0.667 → 3.33
+    # period 2 ends here (min 0.030): period 1 is forgotten, the backend really got slower
+    assert limit.on_sample(0.030, 3, False) == 3  # reference 0.030: gradient 1 (capped at 1)
+    assert limit.value == pytest.approx(3.3333333)
+    assert limit.on_sample(0.100, 3, False) == 2  # reference 0.030: gradient 0.6: 3.33 × 0.6
+    assert limit.value == pytest.approx(2.0)
+
+
 def test_limit_arguments_are_checked():
     with pytest.raises(ValueError):
         AIMDLimit(initial=5, min_limit=6, max_limit=10)
@@ -75,6 +89,8 @@ def test_limit_arguments_are_checked():
         AIMDLimit(backoff_ratio=0.3)
     with pytest.raises(ValueError):
         GradientLimit(tolerance=0.5)
+    with pytest.raises(ValueError):
+        GradientLimit(reference="median")
     with pytest.raises(ValueError):
         FixedLimit(0)
 
