@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import grpc
 
+from clawmesh.shared.breaker import BreakerRegistry
 from clawmesh.shared.rpc.client import ClientInterceptor, ServiceClient, Transport, UnaryTransport
 from clawmesh.shared.rpc.exchange_client import ExchangeTransport
 from clawmesh.shared.rpc.interceptors import client_chain
@@ -55,8 +56,16 @@ class ChannelPool:
         self._options = channel_options(max_message_bytes)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._transports: dict[tuple[str, str], Transport] = {}
-        self.chain = list(chain) if chain is not None else client_chain(
-            settings.call_timeout_s, settings.deadline_reserve_ms)
+        self._chain = None if chain is None else list(chain)
+        # One breaker per target and method, shared by every client of this process.
+        self.breakers = BreakerRegistry(settings.breaker.config()) if settings.breaker.enabled else None
+
+    def chain(self, target: str) -> list[ClientInterceptor]:
+        """The client chain for calls to ``target`` (the one given to the pool, if any)."""
+        if self._chain is not None:
+            return self._chain
+        s = self.settings
+        return client_chain(s.call_timeout_s, s.deadline_reserve_ms, target, self.breakers)
 
     def channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
@@ -80,7 +89,7 @@ class ChannelPool:
 
     def client(self, cls: type[C], target: str) -> C:
         """A typed client of ``cls.SERVICE`` at ``target`` over the configured transport."""
-        return cls(self.transport(target, cls.SERVICE.full_name), self.chain)
+        return cls(self.transport(target, cls.SERVICE.full_name), self.chain(target))
 
     async def close(self) -> None:
         for transport in self._transports.values():

@@ -3,8 +3,9 @@
 Server (outermost first): context -> metrics -> errors -> handler. Next issues
 slot tracing first, and auth, rate limit and dedup after errors.
 
-Client (outermost first): propagation (deadline + metadata) -> transport. Next
-issues slot tracing first, then circuit breaker and retry after propagation.
+Client (outermost first): propagation (deadline + metadata) -> circuit breaker
+(per target and method, when ``breakers`` is given) -> transport. Next issues
+slot tracing first, and retry between propagation and the breaker.
 
 Health, reflection and the Exchange streams themselves bypass the server chain
 (``shared.rpc.filters.default_bypass``); the logical calls inside an Exchange
@@ -13,8 +14,10 @@ stream go through it like any RPC.
 
 from __future__ import annotations
 
+from clawmesh.shared.breaker import BreakerRegistry
 from clawmesh.shared.rpc.chain import HandlerInterceptor
 from clawmesh.shared.rpc.client import ClientInterceptor
+from clawmesh.shared.rpc.interceptors.breaker import BreakerInterceptor
 from clawmesh.shared.rpc.interceptors.context import ContextInterceptor
 from clawmesh.shared.rpc.interceptors.errors import ErrorInterceptor
 from clawmesh.shared.rpc.interceptors.metrics import MetricsInterceptor
@@ -30,10 +33,14 @@ def server_chain(stats=None) -> list[HandlerInterceptor]:
     return chain
 
 
-def client_chain(cap_s: float, reserve_ms: float) -> list[ClientInterceptor]:
-    """The client chain of every outbound mesh call."""
-    return [PropagationInterceptor(cap_s, reserve_ms)]
+def client_chain(cap_s: float, reserve_ms: float, target: str = "",
+                 breakers: BreakerRegistry | None = None) -> list[ClientInterceptor]:
+    """The client chain of every outbound mesh call to ``target``."""
+    chain: list[ClientInterceptor] = [PropagationInterceptor(cap_s, reserve_ms)]
+    if breakers is not None:
+        chain.append(BreakerInterceptor(target, breakers))
+    return chain
 
 
-__all__ = ["ContextInterceptor", "ErrorInterceptor", "MetricsInterceptor",
+__all__ = ["BreakerInterceptor", "ContextInterceptor", "ErrorInterceptor", "MetricsInterceptor",
            "PropagationInterceptor", "client_chain", "server_chain"]
