@@ -152,11 +152,54 @@ class ToolCallConfig(_Strict):
     id: str = Field("", description="empty: call_<round>_<index>")
 
 
+class BackendBreakerSettings(_Strict):
+    """A backend's circuit breaker: a ``shared.breaker`` preset with the overrides that are set."""
+
+    preset: Literal["fast_fail", "lenient", "strict"] = "fast_fail"
+    failure_threshold: int | None = Field(None, ge=1, description="override: consecutive failures")
+    failure_rate_threshold: float | None = Field(None, gt=0, le=1, description="override")
+    window_s: float | None = Field(None, gt=0, description="override: the failure-rate window")
+    window_calls: int | None = Field(None, ge=1, description="override: a window of calls, not seconds")
+    minimum_calls: int | None = Field(None, ge=1, description="override")
+    open_timeout_s: float | None = Field(None, gt=0, description="override: open before a probe")
+    success_threshold: int | None = Field(None, ge=1, description="override")
+    count_resource_exhausted: bool | None = Field(None, description="override: a 429 counts as a failure")
+
+    def config(self):
+        """The ``shared.breaker.BreakerConfig``: the preset with the overrides that are set."""
+        from clawmesh.shared.breaker import BreakerConfig
+
+        overrides = self.model_dump(exclude={"preset", "enabled"}, exclude_none=True)
+        return BreakerConfig.preset(self.preset, **overrides)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BackendBreakerSettings:
+        self.config()  # ValueError naming the problem, e.g. minimum_calls > window_calls
+        return self
+
+
+class BackendRetrySettings(_Strict):
+    """Retries of a failed backend call inside the provider, within the call's deadline.
+
+    Only failures that are the backend's fault are retried, and a stream only before its
+    first token. The wait before attempt n+1 is uniform(0, min(backoff_max_s,
+    backoff_base_s * 2**(n-1))), at least the backend's Retry-After.
+    """
+
+    max_attempts: int = Field(2, ge=1, description="attempts per call, the first included (1: none)")
+    backoff_base_s: float = Field(0.1, ge=0, description="the first retry's backoff bound; doubles")
+    backoff_max_s: float = Field(2.0, ge=0, description="largest backoff bound")
+    max_wait_s: float = Field(
+        10.0, ge=0, description="a longer wait (a long Retry-After) fails the call at once instead")
+
+
 class _BackendBase(_Strict):
     max_concurrency: int | None = Field(None, ge=1, description="calls at once; more wait")
     first_token_timeout_s: float | None = Field(60.0, gt=0, description="request to first token")
     stall_timeout_s: float | None = Field(30.0, gt=0, description="gap between streamed chunks")
     total_timeout_s: float | None = Field(600.0, gt=0, description="a whole call")
+    breaker: BackendBreakerSettings = Field(default_factory=BackendBreakerSettings)
+    retry: BackendRetrySettings = Field(default_factory=BackendRetrySettings)
 
 
 class MockBackendConfig(_BackendBase):
@@ -265,6 +308,12 @@ class TelemetrySettings(_Strict):
     export_timeout_s: float = Field(2.0, gt=0)
 
 
+class BreakerSettings(BackendBreakerSettings):
+    """Circuit breakers of the mesh's own hops (one per target and method), when enabled."""
+
+    enabled: bool = False
+
+
 class MeshSettings(_Strict):
     """All of the mesh's settings; each service reads its own section."""
 
@@ -280,6 +329,7 @@ class MeshSettings(_Strict):
         60.0, gt=0, description="a stream takes no new calls after this (re-balancing)"
     )
     use_uvloop: bool = True
+    breaker: BreakerSettings = BreakerSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     ingest: IngestSettings = IngestSettings()
     routing: RoutingSettings = RoutingSettings()

@@ -1,9 +1,13 @@
-"""Build the provider service."""
+"""Build the provider service.
+
+    server = await build(settings)                      # backends, breakers and retries from settings
+    server = await build(settings, provider=Provider.from_settings(settings.provider, clock=clock))
+    await server.start()
+"""
 
 from __future__ import annotations
 
 from clawmesh.provider.v1 import provider_pb2_grpc
-from clawmesh.services.provider.backends import build_backends
 from clawmesh.services.provider.core import Provider
 from clawmesh.services.provider.servicer import ProviderServicer
 from clawmesh.services.registry import by_name
@@ -12,9 +16,10 @@ from clawmesh.shared.rpc.server import MeshServer, create_server
 from clawmesh.shared.settings import MeshSettings
 
 
-async def build(settings: MeshSettings, stats=None) -> MeshServer:
+async def build(settings: MeshSettings, stats=None, provider: Provider | None = None) -> MeshServer:
+    """The server of ``provider`` (default: built from ``settings.provider``), not started."""
     cfg = settings.provider
-    provider = Provider(build_backends(cfg), default=cfg.default_backend)
+    provider = provider or Provider.from_settings(cfg)
     server = create_server(
         cfg,
         [(provider_pb2_grpc.add_ProviderServiceServicer_to_server, ProviderServicer(provider))],

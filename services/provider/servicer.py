@@ -1,14 +1,33 @@
-"""Thin ProviderService servicer: decode, call the core, encode."""
+"""Thin ProviderService servicer: decode, call the core, encode.
+
+    servicer = ProviderServicer(Provider.from_settings(settings.provider))
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(servicer, server)   # main.build does this
+
+Requests carry the conversation (with its tool calls and tool answers) and the tools the
+model may call; replies carry the model's tool calls (``GenerateResponse.message.tool_calls``,
+the final ``GenerateStreamResponse.tool_calls``).
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
-from clawmesh.services.provider.backends import BackendError, BadRequest, RateLimited, Turn
+from clawmesh.services.provider.backends import (
+    BackendError,
+    BadRequest,
+    RateLimited,
+    ToolCall,
+    ToolSpec,
+    Turn,
+)
 from clawmesh.services.provider.core import Provider
+from clawmesh.services.provider.resilience import GuardedBackend
+from clawmesh.shared.breaker import State
 from clawmesh.shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 ROLES = {
@@ -26,18 +45,63 @@ FINISH = {
 
 
 def decode_turns(messages) -> list[Turn]:
+    """Messages as turns. ``name`` is kept for tool answers only (a user's name is a channel
+    handle, which OpenAI-compatible servers may reject as a ``name``)."""
     turns = []
     for i, m in enumerate(messages):
         role = ROLES.get(m.role)
         if role is None:
             raise InvalidArgument(f"messages[{i}].role", "must be a known role")
-        turns.append(Turn(role, m.content))
+        for j, call in enumerate(m.tool_calls):
+            if not call.name:
+                raise InvalidArgument(f"messages[{i}].tool_calls[{j}].name", "must not be empty")
+        calls = tuple(ToolCall(c.id, c.name, c.arguments_json or "{}") for c in m.tool_calls)
+        turns.append(Turn(role, m.content, name=m.name if role == "tool" else "", tool_calls=calls,
+                          tool_call_id=m.tool_call_id))
     return turns
+
+
+def decode_tools(tools) -> list[ToolSpec]:
+    """Tool definitions; the arguments' schema must be a JSON object (empty: ``{}``)."""
+    specs = []
+    for i, tool in enumerate(tools):
+        if not tool.name:
+            raise InvalidArgument(f"tools[{i}].name", "must not be empty")
+        try:
+            schema = json.loads(tool.parameters_json_schema or "{}")
+        except ValueError:
+            schema = None
+        if not isinstance(schema, dict):
+            raise InvalidArgument(f"tools[{i}].parameters_json_schema", "must be a JSON object")
+        specs.append(ToolSpec(tool.name, tool.description, schema))
+    return specs
+
+
+def encode_calls(calls: list[ToolCall]) -> list[common_pb2.ToolCall]:
+    return [common_pb2.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in calls]
+
+
+def backend_status(backend: GuardedBackend, is_default: bool) -> provider_pb2.BackendStatus:
+    """One backend's counters and its breaker's state (``reopen_time`` while open)."""
+    info, stats = backend.info, backend.info.stats
+    state = backend.breaker.state  # State numbers are BreakerState's
+    status = provider_pb2.BackendStatus(
+        name=info.name, kind=info.kind, models=info.models, healthy=info.healthy,
+        breaker_state=int(state), is_default=is_default,
+        consecutive_failures=stats.consecutive_faults, in_flight=stats.in_flight, waiting=stats.waiting,
+        latency_ewma_ms=stats.latency_ms, calls=stats.calls, errors=stats.errors,
+        max_concurrency=backend.limits.max_concurrency or 0, last_error=stats.last_error,
+    )
+    if state is State.OPEN:
+        status.reopen_time.FromNanoseconds(time.time_ns() + int(backend.breaker.retry_after() * 1e9))
+    return status
 
 
 @contextmanager
 def backend_errors() -> Iterator[None]:
-    """Backend failures as the mesh's statuses (shared.errors holds the table)."""
+    """Backend failures as the mesh's statuses (shared.errors holds the table).
+
+    An open breaker's ``BreakerOpen`` is an ``errors.Unavailable`` already (+ RetryInfo)."""
     try:
         yield
     except RateLimited as exc:  # RESOURCE_EXHAUSTED + RetryInfo
@@ -51,7 +115,7 @@ def backend_errors() -> Iterator[None]:
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     """``clawmesh.provider.v1.ProviderService`` over the ``Provider`` core.
 
-    An unknown backend or role, or no messages: INVALID_ARGUMENT naming the field.
+    An unknown backend or role, no messages, or a bad tool: INVALID_ARGUMENT naming the field.
     Backend failures: see ``backend_errors``.
     """
 
@@ -60,15 +124,15 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     async def Generate(self, request, context):
         """One completion of ``messages`` on the requested (or default) backend."""
-        turns = decode_turns(request.messages)
+        turns, tools = decode_turns(request.messages), decode_tools(request.tools)
         with backend_errors():
             info, gen = await self.provider.generate(
-                request.backend, request.model, turns, request.params.max_tokens,
+                request.backend, request.model, turns, request.params.max_tokens, tools,
             )
         return provider_pb2.GenerateResponse(
             message=common_pb2.ChatMessage(
                 role=common_pb2.ROLE_ASSISTANT, content=gen.content,
-                token_count=gen.completion_tokens,
+                token_count=gen.completion_tokens, tool_calls=encode_calls(gen.tool_calls),
             ),
             usage=common_pb2.Usage(
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
@@ -80,10 +144,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
     async def GenerateStream(self, request, context):
-        """The completion in pieces; the last response is ``final`` with usage."""
-        turns = decode_turns(request.messages)
+        """The completion in pieces; the last response is ``final`` with usage and tool calls."""
+        turns, tools = decode_turns(request.messages), decode_tools(request.tools)
         backend, chunks = self.provider.stream(
-            request.backend, request.model, turns, request.params.max_tokens
+            request.backend, request.model, turns, request.params.max_tokens, tools
         )
         model = request.model or backend.info.models[0]
         index = 0
@@ -99,7 +163,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         gen = chunks.result
         yield provider_pb2.GenerateStreamResponse(
             index=index, final=True, backend=backend.info.name, model=gen.model,
-            finish_reason=FINISH[gen.finish_reason],
+            finish_reason=FINISH[gen.finish_reason], tool_calls=encode_calls(gen.tool_calls),
             usage=common_pb2.Usage(
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                 total_tokens=gen.prompt_tokens + gen.completion_tokens,
@@ -107,17 +171,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         )
 
     async def ListBackends(self, request, context):
-        """Every configured backend with its health and breaker state.
-
-        In-flight calls and latency (``BackendInfo.stats``) have no field in BackendStatus yet.
-        """
+        """Every configured backend: health, counters, concurrency cap and breaker state."""
         return provider_pb2.ListBackendsResponse(
-            backends=[
-                provider_pb2.BackendStatus(
-                    name=info.name, kind=info.kind, models=info.models, healthy=info.healthy,
-                    breaker_state=provider_pb2.BREAKER_STATE_CLOSED, is_default=is_default,
-                    consecutive_failures=info.stats.consecutive_faults,
-                )
-                for info, is_default in self.provider.list()
-            ]
+            backends=[backend_status(b, is_default) for b, is_default in self.provider.list()]
         )

@@ -142,6 +142,7 @@ class TextStream:
 
 class Backend(Protocol):
     info: BackendInfo
+    limits: Limits
 
     async def generate(self, turns: list[Turn], model: str, max_tokens: int,
                        tools: Sequence[ToolSpec] = ()) -> Generation: ...

@@ -1,8 +1,12 @@
-"""provider.backends settings: the default mock, the discriminated union, validation, build_backends."""
+"""provider.backends settings: the default mock, the discriminated union, validation, build_backends,
+and each backend's breaker and retries."""
 
 import pytest
 
 from clawmesh.services.provider.backends import MockBackend, OpenAIBackend, Turn, build_backends
+from clawmesh.services.provider.core import Provider
+from clawmesh.services.provider.resilience import RetryPolicy
+from clawmesh.shared.breaker import BreakerConfig
 from clawmesh.shared.settings import (
     MeshSettings,
     MockBackendConfig,
@@ -115,3 +119,51 @@ def test_configs_can_be_built_directly():
         "m": MockBackendConfig(),
     })
     assert [c.kind for c in cfg.backend_configs().values()] == ["openai", "mock"]
+
+
+BREAKER_YAML = """
+provider:
+  default_backend: local
+  backends:
+    local:
+      kind: openai
+      base_url: http://127.0.0.1:11434/v1
+      model: llama3.2
+      breaker: {preset: strict, open_timeout_s: 20}
+      retry: {max_attempts: 3, backoff_base_s: 0.2}
+    mock: {kind: mock}
+"""
+
+
+async def test_breakers_and_retries_per_backend(tmp_path):
+    path = tmp_path / "mesh.yaml"
+    path.write_text(BREAKER_YAML)
+    settings = load_settings({"CLAWMESH_PROVIDER__BACKENDS__MOCK__BREAKER__FAILURE_THRESHOLD": "7"}, path)
+    provider = Provider.from_settings(settings.provider, env={})
+    try:
+        local, mock = provider.backends["local"], provider.backends["mock"]
+        assert local.breaker.config == BreakerConfig.preset("strict", open_timeout_s=20.0)
+        assert local.retry == RetryPolicy(max_attempts=3, backoff_base_s=0.2)
+        assert mock.breaker.config == BreakerConfig.preset("fast_fail", failure_threshold=7)  # the default
+        assert mock.retry == RetryPolicy(max_attempts=2)
+        assert (local.breaker.name, mock.breaker.name) == ("local", "mock")
+    finally:
+        await provider.aclose()
+
+
+@pytest.mark.parametrize("env, problem", [
+    ({"PRESET": "gentle"}, "__BREAKER__PRESET: Input should be 'fast_fail', 'lenient' or 'strict'"),
+    ({"WINDOW_CALLS": "5"}, "__BREAKER: Value error, invalid breaker config: minimum_calls must not exceed"),
+    ({"OPEN_TIMEOUT_S": "0"}, "__BREAKER__OPEN_TIMEOUT_S: Input should be greater than 0"),
+])
+def test_bad_breaker_settings_name_the_variable(env, problem):
+    prefix = "CLAWMESH_PROVIDER__BACKENDS__MOCK__BREAKER__"
+    with pytest.raises(SettingsError) as err:
+        load_settings({"CLAWMESH_PROVIDER__BACKENDS__MOCK__KIND": "mock",
+                       **{prefix + k: v for k, v in env.items()}})
+    assert "CLAWMESH_PROVIDER__BACKENDS__MOCK" + problem in str(err.value)
+
+
+def test_retry_needs_at_least_one_attempt():
+    with pytest.raises(ValueError, match="max_attempts"):
+        MockBackendConfig(retry={"max_attempts": 0})

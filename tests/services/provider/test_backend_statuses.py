@@ -26,7 +26,9 @@ async def api():
 @pytest.fixture
 async def provider(settings, api):
     settings.provider = ProviderSettings(port=0, default_backend="standin", backends={
-        "standin": OpenAIBackendConfig(base_url=api.url, model="gpt-test", first_token_timeout_s=0.2),
+        # One attempt: these tests map each backend error to a status (retries: test_resilience.py).
+        "standin": OpenAIBackendConfig(base_url=api.url, model="gpt-test", first_token_timeout_s=0.2,
+                                       retry={"max_attempts": 1}),
         "mock": MockBackendConfig(),
     })
     async with inproc_mesh(settings, services=("provider",)) as servers:

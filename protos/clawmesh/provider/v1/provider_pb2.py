@@ -27,15 +27,15 @@ from clawmesh.common.v1 import exchange_pb2 as clawmesh_dot_common_dot_v1_dot_ex
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clawmesh/provider/v1/provider.proto\x12\x14\x63lawmesh.provider.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04stop\x18\x04 \x03(\t\"\xe3\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xd7\x01\n\x10GenerateResponse\x12\x30\n\x07message\x18\x01 \x01(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x03 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"\xe9\x01\n\x15GenerateStreamRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xc8\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\"\x15\n\x13ListBackendsRequest\"M\n\x14ListBackendsResponse\x12\x35\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32#.clawmesh.provider.v1.BackendStatus\"\xea\x01\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x39\n\rbreaker_state\x18\x05 \x01(\x0e\x32\".clawmesh.provider.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\r\x12/\n\x0breopen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_default\x18\x08 \x01(\x08\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xa1\x03\n\x0fProviderService\x12Y\n\x08Generate\x12%.clawmesh.provider.v1.GenerateRequest\x1a&.clawmesh.provider.v1.GenerateResponse\x12m\n\x0eGenerateStream\x12+.clawmesh.provider.v1.GenerateStreamRequest\x1a,.clawmesh.provider.v1.GenerateStreamResponse0\x01\x12\x65\n\x0cListBackends\x12).clawmesh.provider.v1.ListBackendsRequest\x1a*.clawmesh.provider.v1.ListBackendsResponse\x12]\n\x08\x45xchange\x12%.clawmesh.provider.v1.ExchangeRequest\x1a&.clawmesh.provider.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clawmesh/provider/v1/provider.proto\x12\x14\x63lawmesh.provider.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04stop\x18\x04 \x03(\t\"\xe3\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xd7\x01\n\x10GenerateResponse\x12\x30\n\x07message\x18\x01 \x01(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x03 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"\xe9\x01\n\x15GenerateStreamRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xfa\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x30\n\ntool_calls\x18\x08 \x03(\x0b\x32\x1c.clawmesh.common.v1.ToolCall\"\x15\n\x13ListBackendsRequest\"M\n\x14ListBackendsResponse\x12\x35\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32#.clawmesh.provider.v1.BackendStatus\"\xf3\x02\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x39\n\rbreaker_state\x18\x05 \x01(\x0e\x32\".clawmesh.provider.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\r\x12/\n\x0breopen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x11\n\tin_flight\x18\t \x01(\r\x12\x0f\n\x07waiting\x18\n \x01(\r\x12\x17\n\x0flatency_ewma_ms\x18\x0b \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x0c \x01(\x04\x12\x0e\n\x06\x65rrors\x18\r \x01(\x04\x12\x17\n\x0fmax_concurrency\x18\x0e \x01(\r\x12\x12\n\nlast_error\x18\x0f \x01(\t\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xa1\x03\n\x0fProviderService\x12Y\n\x08Generate\x12%.clawmesh.provider.v1.GenerateRequest\x1a&.clawmesh.provider.v1.GenerateResponse\x12m\n\x0eGenerateStream\x12+.clawmesh.provider.v1.GenerateStreamRequest\x1a,.clawmesh.provider.v1.GenerateStreamResponse0\x01\x12\x65\n\x0cListBackends\x12).clawmesh.provider.v1.ListBackendsRequest\x1a*.clawmesh.provider.v1.ListBackendsResponse\x12]\n\x08\x45xchange\x12%.clawmesh.provider.v1.ExchangeRequest\x1a&.clawmesh.provider.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clawmesh.provider.v1.provider_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BREAKERSTATE']._serialized_start=1603
-  _globals['_BREAKERSTATE']._serialized_end=1727
+  _globals['_BREAKERSTATE']._serialized_start=1790
+  _globals['_BREAKERSTATE']._serialized_end=1914
   _globals['_GENERATIONPARAMS']._serialized_start=162
   _globals['_GENERATIONPARAMS']._serialized_end=250
   _globals['_GENERATEREQUEST']._serialized_start=253
@@ -45,17 +45,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATESTREAMREQUEST']._serialized_start=701
   _globals['_GENERATESTREAMREQUEST']._serialized_end=934
   _globals['_GENERATESTREAMRESPONSE']._serialized_start=937
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1137
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=1139
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=1160
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=1162
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=1239
-  _globals['_BACKENDSTATUS']._serialized_start=1242
-  _globals['_BACKENDSTATUS']._serialized_end=1476
-  _globals['_EXCHANGEREQUEST']._serialized_start=1478
-  _globals['_EXCHANGEREQUEST']._serialized_end=1538
-  _globals['_EXCHANGERESPONSE']._serialized_start=1540
-  _globals['_EXCHANGERESPONSE']._serialized_end=1601
-  _globals['_PROVIDERSERVICE']._serialized_start=1730
-  _globals['_PROVIDERSERVICE']._serialized_end=2147
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1187
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=1189
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=1210
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=1212
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=1289
+  _globals['_BACKENDSTATUS']._serialized_start=1292
+  _globals['_BACKENDSTATUS']._serialized_end=1663
+  _globals['_EXCHANGEREQUEST']._serialized_start=1665
+  _globals['_EXCHANGEREQUEST']._serialized_end=1725
+  _globals['_EXCHANGERESPONSE']._serialized_start=1727
+  _globals['_EXCHANGERESPONSE']._serialized_end=1788
+  _globals['_PROVIDERSERVICE']._serialized_start=1917
+  _globals['_PROVIDERSERVICE']._serialized_end=2334
 # @@protoc_insertion_point(module_scope)
