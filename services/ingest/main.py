@@ -42,7 +42,7 @@ async def build(settings: MeshSettings, stats=None) -> MeshServer:
         settings.ingest,
         [(ingest_pb2_grpc.add_IngestServiceServicer_to_server, servicer)],
         by_name("ingest").grpc_services,
-        server_chain(stats),
+        server_chain(stats, settings.deadline_reserve_ms),
     )
     server.on_stop(pool.close)
     server.on_stop(lambda: ingest.gate.close())  # the gate in use at stop time

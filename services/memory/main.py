@@ -27,7 +27,7 @@ async def build(settings: MeshSettings, stats=None) -> MeshServer:
             config,
             [(memory_pb2_grpc.add_MemoryServiceServicer_to_server, servicer)],
             by_name("memory").grpc_services,
-            server_chain(stats),
+            server_chain(stats, settings.deadline_reserve_ms),
         )
     except BaseException:
         await store.close()

@@ -82,5 +82,5 @@ async def build(
             (add_otlp_trace_servicer, OtlpTraceServicer(spans)),
         ],
         by_name("metrics").grpc_services,
-        server_chain(stats),
+        server_chain(stats, settings.deadline_reserve_ms),
     )

@@ -24,7 +24,7 @@ async def build(settings: MeshSettings, stats=None, provider: Provider | None = 
         cfg,
         [(provider_pb2_grpc.add_ProviderServiceServicer_to_server, ProviderServicer(provider))],
         by_name("provider").grpc_services,
-        server_chain(stats),
+        server_chain(stats, settings.deadline_reserve_ms),
     )
     server.on_stop(provider.aclose)
     return server

@@ -25,7 +25,7 @@ async def build(settings: MeshSettings, stats=None) -> MeshServer:
         settings.routing,
         [(routing_pb2_grpc.add_RoutingServiceServicer_to_server, RoutingServicer(router))],
         by_name("routing").grpc_services,
-        server_chain(stats),
+        server_chain(stats, settings.deadline_reserve_ms),
     )
     server.on_stop(pool.close)
     return server

@@ -1,6 +1,6 @@
 """The two interceptor chains, declared in one place, each interceptor a module.
 
-Server (outermost first): context -> metrics -> errors -> handler. Next issues
+Server (outermost first): context -> metrics -> errors -> deadline -> handler. Next issues
 slot tracing first, and auth, rate limit and dedup after errors.
 
 Client (outermost first): propagation (deadline + metadata) -> circuit breaker
@@ -19,17 +19,19 @@ from clawmesh.shared.rpc.chain import HandlerInterceptor
 from clawmesh.shared.rpc.client import ClientInterceptor
 from clawmesh.shared.rpc.interceptors.breaker import BreakerInterceptor
 from clawmesh.shared.rpc.interceptors.context import ContextInterceptor
+from clawmesh.shared.rpc.interceptors.deadline import DeadlineInterceptor
 from clawmesh.shared.rpc.interceptors.errors import ErrorInterceptor
 from clawmesh.shared.rpc.interceptors.metrics import MetricsInterceptor
 from clawmesh.shared.rpc.interceptors.propagation import PropagationInterceptor
 
 
-def server_chain(stats=None) -> list[HandlerInterceptor]:
-    """The server chain; ``stats`` (an RpcStats) receives per-call figures."""
+def server_chain(stats=None, min_budget_ms: float = 5.0) -> list[HandlerInterceptor]:
+    """The server chain; ``stats`` (an RpcStats) receives per-call figures; a call with
+    less than ``min_budget_ms`` left is refused (DEADLINE_EXCEEDED) before its handler."""
     chain: list[HandlerInterceptor] = [ContextInterceptor()]
     if stats is not None:
         chain.append(MetricsInterceptor(stats))
-    chain.append(ErrorInterceptor())
+    chain += [ErrorInterceptor(), DeadlineInterceptor(min_budget_ms)]
     return chain
 
 
@@ -42,5 +44,6 @@ def client_chain(cap_s: float, reserve_ms: float, target: str = "",
     return chain
 
 
-__all__ = ["BreakerInterceptor", "ContextInterceptor", "ErrorInterceptor", "MetricsInterceptor",
+__all__ = ["BreakerInterceptor", "ContextInterceptor", "DeadlineInterceptor", "ErrorInterceptor",
+           "MetricsInterceptor",
            "PropagationInterceptor", "client_chain", "server_chain"]

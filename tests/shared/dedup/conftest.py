@@ -24,6 +24,10 @@ async def make_dedup(request, backend_name):
     url = request.getfixturevalue("redis_url") if backend_name == "redis" else None
 
     def make(**kwargs) -> Deduplicator:
+        # The contract is not about Redis latency: a scheduler hiccup on a busy CI host
+        # must not turn a slow reply into a degraded (fail-open) claim. Tests of the
+        # timeout pass their own.
+        kwargs.setdefault("op_timeout_s", 2.0)
         backend = RedisBackend(url) if url else shared
         dedup = Deduplicator(backend, **kwargs)
         made.append(dedup)

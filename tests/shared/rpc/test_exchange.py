@@ -292,3 +292,30 @@ async def test_bad_frames_get_a_status_and_the_stream_goes_on(served):
     assert ends[7].status.code == 0
     assert provider_pb2.GenerateResponse.FromString(ends[7].payload).message.content == "p|fine||"
     assert (await client.generate(request("after"))).message.content == "p|after||"
+
+
+@pytest.mark.parametrize("transport_kind", ["stream", "unary"])
+async def test_a_call_arriving_with_too_little_time_is_refused_before_its_handler(transport_kind):
+    servicer = Provider()
+    server = create_server(ServerSettings(port=0, grace_period_s=1),
+                           [(provider_pb2_grpc.add_ProviderServiceServicer_to_server, servicer)],
+                           [SERVICE], server_chain(None, min_budget_ms=200.0))
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.address)
+    transport = (ExchangeTransport(channel, SERVICE, streams=1) if transport_kind == "stream"
+                 else UnaryTransport(channel))
+    try:
+        # At most 150 ms left on arrival; the server needs 200 ms: it refuses at once, by its own rule.
+        tight = ProviderClient(transport, client_chain(0.15, 0.0))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await tight.generate(request("hi"))
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "arrived with" in info.value.details() and "at least 200 ms" in info.value.details()
+        assert servicer.calls == 0  # the handler never ran
+        ok = ProviderClient(transport, client_chain(5.0, 0.0))
+        assert (await ok.generate(request("hi"))).message.content.startswith("p|hi|")
+        assert servicer.calls == 1
+    finally:
+        await transport.close()
+        await channel.close()
+        await server.stop(0)
