@@ -21,6 +21,8 @@ class ClawMeshError(Exception):
     """Base class: a failure with a defined gRPC status."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # True when the failure is a dependency's, passed on (``metadata.FAULT_ORIGIN``).
+    downstream: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -142,6 +144,8 @@ class Internal(ClawMeshError):
 class Downstream(ClawMeshError):
     """A call to another mesh service failed: its status is passed on unchanged."""
 
+    downstream = True
+
     def __init__(self, error: grpc.aio.AioRpcError, service: str) -> None:
         super().__init__(f"{service}: {error.details() or error.code().name}")
         self.code = error.code()
@@ -172,6 +176,18 @@ def status_of(exc: BaseException) -> status_pb2.Status:
     if isinstance(exc, grpc.aio.AioRpcError):
         return Downstream(exc, "downstream").to_status()
     return status_pb2.Status(code=grpc.StatusCode.INTERNAL.value[0], message="internal error")
+
+
+def retry_after_of(error: grpc.aio.AioRpcError) -> float | None:
+    """The RetryInfo delay a failed call carries, seconds (None: none)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    return info.retry_delay.ToTimedelta().total_seconds()
+    return None
 
 
 def bad_request_fields(status: status_pb2.Status) -> list[str]:

@@ -27,12 +27,20 @@ PRIORITY = "x-clawmesh-priority"
 SYNTHETIC = "x-clawmesh-synthetic"
 REPLAYED = "x-clawmesh-replayed"
 QUOTA_REMAINING = "x-clawmesh-quota-remaining"
+# Trailer on an error this service passes on from a call it made (or refused to make:
+# an open breaker, a spent deadline): the peer that answered is healthy, so the caller's
+# circuit breaker does not count it against it (no cascade of breakers up the mesh).
+FAULT_ORIGIN = "x-clawmesh-fault-origin"
+# The attempt number of a call that its caller retries (1, 2, ...). Propagated down the
+# call tree: a hop serving a call that an outer hop retries never retries its own calls,
+# so a failure deep in the mesh is retried at one layer only (N attempts, not N²).
+ATTEMPT = "x-clawmesh-attempt"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 STATUS_DETAILS = "grpc-status-details-bin"
 
 # Keys copied from an inbound call onto every outbound call it makes.
-PROPAGATED = (TENANT, REQUEST_ID, IDEMPOTENCY_KEY, PRIORITY, SYNTHETIC, TRACEPARENT, TRACESTATE)
+PROPAGATED = (TENANT, REQUEST_ID, IDEMPOTENCY_KEY, PRIORITY, SYNTHETIC, ATTEMPT, TRACEPARENT, TRACESTATE)
 
 
 def to_dict(metadata) -> dict[str, str]:

@@ -300,12 +300,30 @@ class MemorySettings(ServerSettings):
 
 class MetricsSettings(ServerSettings):
     port: int = 50055
+    max_traces: int = Field(2000, ge=1, description="traces kept in memory; the oldest goes first")
+    max_spans_per_trace: int = Field(500, ge=1, description="spans kept per trace; more are dropped")
 
 
 class TelemetrySettings(_Strict):
     enabled: bool = True
     export_interval_s: float = Field(5.0, gt=0)
     export_timeout_s: float = Field(2.0, gt=0)
+    tracing_enabled: bool = Field(
+        True, description="spans over OTLP to the metrics service (OTEL_* variables override)")
+    trace_sample_ratio: float = Field(
+        0.1, ge=0, le=1, description="share of new traces recorded; a caller's sampled traceparent "
+        "is always followed (parent-based)")
+
+
+class RetrySettings(BackendRetrySettings):
+    """Retries of the mesh's own idempotent calls (``shared/rpc/interceptors/retry.py``)."""
+
+    enabled: bool = True
+    max_attempts: int = Field(3, ge=1, description="attempts per call, the first included")
+    backoff_base_s: float = Field(0.05, ge=0, description="the first retry's backoff bound; doubles")
+    backoff_max_s: float = Field(1.0, ge=0, description="largest backoff bound")
+    throttle_max_tokens: float = Field(10.0, gt=0, description="retry throttling per target (gRFC A6)")
+    throttle_token_ratio: float = Field(0.1, gt=0, description="tokens regained per success")
 
 
 class BreakerSettings(BackendBreakerSettings):
@@ -330,6 +348,7 @@ class MeshSettings(_Strict):
     )
     use_uvloop: bool = True
     breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     ingest: IngestSettings = IngestSettings()
     routing: RoutingSettings = RoutingSettings()

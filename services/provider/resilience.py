@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from clawmesh.services.provider.backends import (
     Backend,
@@ -43,7 +42,7 @@ from clawmesh.services.provider.backends import (
 )
 from clawmesh.shared.breaker import MONOTONIC, BreakerConfig, CircuitBreaker, Classifier, Clock, Outcome
 from clawmesh.shared.context import current
-from clawmesh.shared.settings import BackendRetrySettings
+from clawmesh.shared.retry import RetryPolicy
 
 Sleep = Callable[[float], Awaitable[object]]
 
@@ -75,25 +74,6 @@ def call_remaining() -> float | None:
     return None if info is None else info.remaining()
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to wait; see ``shared.settings.BackendRetrySettings``."""
-
-    max_attempts: int = 2
-    backoff_base_s: float = 0.1
-    backoff_max_s: float = 2.0
-    max_wait_s: float = 10.0
-
-    @classmethod
-    def from_config(cls, cfg: BackendRetrySettings) -> RetryPolicy:
-        return cls(**cfg.model_dump())
-
-    def wait_s(self, failed_attempts: int, error: BackendError, rng: random.Random) -> float:
-        """The pause after ``failed_attempts`` attempts: full-jitter backoff, at least the Retry-After."""
-        bound = min(self.backoff_max_s, self.backoff_base_s * 2 ** (failed_attempts - 1))
-        return max(rng.uniform(0.0, bound), error.retry_after_s or 0.0)
-
-
 class GuardedBackend:
     """A backend behind its breaker, with retries; the same calls as a ``Backend``.
 
@@ -102,12 +82,12 @@ class GuardedBackend:
     """
 
     def __init__(self, backend: Backend, breaker: CircuitBreaker | None = None,
-                 retry: RetryPolicy = RetryPolicy(), *, rng: random.Random | None = None,
+                 retry: RetryPolicy | None = None, *, rng: random.Random | None = None,
                  sleep: Sleep = asyncio.sleep,
                  remaining: Callable[[], float | None] = call_remaining) -> None:
         self.backend = backend
         self.breaker = breaker or backend_breaker(backend.info.name)
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
         self.rng = rng or random.Random()
         self._sleep = sleep
         self._remaining = remaining
@@ -170,7 +150,7 @@ class GuardedBackend:
         """Wait before attempt ``attempt + 1``, or raise ``error`` when there is to be none."""
         if not error.is_fault or attempt >= self.retry.max_attempts:
             raise error
-        wait = self.retry.wait_s(attempt, error, self.rng)
+        wait = self.retry.wait_s(attempt, error.retry_after_s, self.rng)
         remaining = self._remaining()
         if (wait > self.retry.max_wait_s or (remaining is not None and wait >= remaining)
                 or self.breaker.retry_after() > wait):  # the breaker would refuse the retry

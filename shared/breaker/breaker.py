@@ -69,6 +69,8 @@ class BreakerOpen(Unavailable):
     breaker stays open that long).
     """
 
+    downstream = True  # the caller's peer is fine: it refused to call a sick one
+
     def __init__(self, name: str, retry_after_s: float, state: State) -> None:
         super().__init__(f"circuit breaker {name} is {state.label}; retry after {retry_after_s:.3g}s",
                          retry_after_s)

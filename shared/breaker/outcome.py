@@ -9,7 +9,9 @@ returns is a success. The default for gRPC calls, ``grpc_classifier()``:
 - IGNORED: CANCELLED — on the client it is the caller's own cancellation (a
   ``call.cancel()``, or the caller's task being cancelled), not news about the peer.
 - SUCCESS: every other code (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...): the
-  server answered, the request was the problem.
+  server answered, the request was the problem. Also any error that carries the
+  ``x-clawmesh-fault-origin: downstream`` trailer: the peer answered and is passing on a
+  dependency's failure (that dependency's own breaker, one hop further, counts it).
 
 Codes are read from ``grpc.RpcError.code()`` (``grpc.aio.AioRpcError``) and from
 ``ClawMeshError.code`` (``shared/errors.py``, so a ``Downstream`` or another breaker's
@@ -33,6 +35,7 @@ from collections.abc import Callable
 
 import grpc
 
+from clawmesh.shared import metadata as md
 from clawmesh.shared.errors import ClawMeshError
 
 
@@ -64,11 +67,21 @@ def status_code_of(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+def _passed_on(exc: Exception) -> bool:
+    """The peer answered with a dependency's failure (``metadata.FAULT_ORIGIN``)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    if not isinstance(exc, grpc.RpcError) or not callable(trailing):
+        return False
+    return any(key == md.FAULT_ORIGIN for key, _ in trailing() or ())
+
+
 def grpc_classifier(count_resource_exhausted: bool = False) -> Classifier:
     """The default classifier (module docstring); RESOURCE_EXHAUSTED fails only if asked."""
     failures = FAILURE_CODES | ({grpc.StatusCode.RESOURCE_EXHAUSTED} if count_resource_exhausted else set())
 
     def classify(exc: Exception) -> Outcome:
+        if _passed_on(exc):
+            return Outcome.SUCCESS
         code = status_code_of(exc)
         if code is None or code in failures:
             return Outcome.FAILURE

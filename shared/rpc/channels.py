@@ -18,9 +18,10 @@ from typing import TypeVar
 import grpc
 
 from clawmesh.shared.breaker import BreakerRegistry
+from clawmesh.shared.retry import RetryPolicy, RetryThrottle
 from clawmesh.shared.rpc.client import ClientInterceptor, ServiceClient, Transport, UnaryTransport
 from clawmesh.shared.rpc.exchange_client import ExchangeTransport
-from clawmesh.shared.rpc.interceptors import client_chain
+from clawmesh.shared.rpc.interceptors import RetryInterceptor, client_chain
 from clawmesh.shared.settings import MeshSettings
 
 C = TypeVar("C", bound=ServiceClient)
@@ -59,13 +60,18 @@ class ChannelPool:
         self._chain = None if chain is None else list(chain)
         # One breaker per target and method, shared by every client of this process.
         self.breakers = BreakerRegistry(settings.breaker.config()) if settings.breaker.enabled else None
+        self._retries: dict[str, RetryInterceptor] = {}  # one per target: its throttle
 
     def chain(self, target: str) -> list[ClientInterceptor]:
         """The client chain for calls to ``target`` (the one given to the pool, if any)."""
         if self._chain is not None:
             return self._chain
         s = self.settings
-        return client_chain(s.call_timeout_s, s.deadline_reserve_ms, target, self.breakers)
+        retry = self._retries.get(target)
+        if retry is None and s.retry.enabled:
+            throttle = RetryThrottle(s.retry.throttle_max_tokens, s.retry.throttle_token_ratio)
+            retry = self._retries[target] = RetryInterceptor(RetryPolicy.from_config(s.retry), throttle)
+        return client_chain(s.call_timeout_s, s.deadline_reserve_ms, target, self.breakers, retry)
 
     def channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)

@@ -3,9 +3,8 @@
 Server (outermost first): context -> metrics -> errors -> deadline -> handler. Next issues
 slot tracing first, and auth, rate limit and dedup after errors.
 
-Client (outermost first): propagation (deadline + metadata) -> circuit breaker
-(per target and method, when ``breakers`` is given) -> transport. Next issues
-slot tracing first, and retry between propagation and the breaker.
+Client (outermost first): propagation (deadline + metadata) -> retry (idempotent
+methods, one layer) -> circuit breaker (per target and method) -> transport.
 
 Health, reflection and the Exchange streams themselves bypass the server chain
 (``shared.rpc.filters.default_bypass``); the logical calls inside an Exchange
@@ -23,12 +22,14 @@ from clawmesh.shared.rpc.interceptors.deadline import DeadlineInterceptor
 from clawmesh.shared.rpc.interceptors.errors import ErrorInterceptor
 from clawmesh.shared.rpc.interceptors.metrics import MetricsInterceptor
 from clawmesh.shared.rpc.interceptors.propagation import PropagationInterceptor
+from clawmesh.shared.rpc.interceptors.retry import RetryInterceptor
+from clawmesh.shared.rpc.interceptors.tracing import TracingClientInterceptor, TracingServerInterceptor
 
 
 def server_chain(stats=None, min_budget_ms: float = 5.0) -> list[HandlerInterceptor]:
     """The server chain; ``stats`` (an RpcStats) receives per-call figures; a call with
     less than ``min_budget_ms`` left is refused (DEADLINE_EXCEEDED) before its handler."""
-    chain: list[HandlerInterceptor] = [ContextInterceptor()]
+    chain: list[HandlerInterceptor] = [TracingServerInterceptor(), ContextInterceptor()]
     if stats is not None:
         chain.append(MetricsInterceptor(stats))
     chain += [ErrorInterceptor(), DeadlineInterceptor(min_budget_ms)]
@@ -36,9 +37,12 @@ def server_chain(stats=None, min_budget_ms: float = 5.0) -> list[HandlerIntercep
 
 
 def client_chain(cap_s: float, reserve_ms: float, target: str = "",
-                 breakers: BreakerRegistry | None = None) -> list[ClientInterceptor]:
+                 breakers: BreakerRegistry | None = None,
+                 retry: RetryInterceptor | None = None) -> list[ClientInterceptor]:
     """The client chain of every outbound mesh call to ``target``."""
-    chain: list[ClientInterceptor] = [PropagationInterceptor(cap_s, reserve_ms)]
+    chain: list[ClientInterceptor] = [TracingClientInterceptor(), PropagationInterceptor(cap_s, reserve_ms)]
+    if retry is not None:
+        chain.append(retry)  # outside the breaker: each attempt asks it, an open one ends them
     if breakers is not None:
         chain.append(BreakerInterceptor(target, breakers))
     return chain
@@ -46,4 +50,4 @@ def client_chain(cap_s: float, reserve_ms: float, target: str = "",
 
 __all__ = ["BreakerInterceptor", "ContextInterceptor", "DeadlineInterceptor", "ErrorInterceptor",
            "MetricsInterceptor",
-           "PropagationInterceptor", "client_chain", "server_chain"]
+           "PropagationInterceptor", "RetryInterceptor", "client_chain", "server_chain"]

@@ -24,6 +24,8 @@ class ErrorInterceptor(HandlerInterceptor):
         # Keep what the handler already put in the trailers (e.g. the request id).
         trailing = (*(context.trailing_metadata() or ()),
                     (md.STATUS_DETAILS, status.SerializeToString()))
+        if isinstance(exc, grpc.aio.AioRpcError) or getattr(exc, "downstream", False):
+            trailing = (*trailing, (md.FAULT_ORIGIN, "downstream"))
         await context.abort(code, status.message, trailing_metadata=trailing)
 
     async def unary(self, method, call_next, request, context):

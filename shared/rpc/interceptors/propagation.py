@@ -27,7 +27,9 @@ class PropagationInterceptor(ClientInterceptor):
             if remaining is not None:
                 budget = remaining - self.reserve_s
                 if budget <= 0:
-                    raise DeadlineExceeded(f"deadline spent before calling {call.method}")
+                    spent = DeadlineExceeded(f"deadline spent before calling {call.method}")
+                    spent.downstream = True  # not the callee's fault, nor this service's
+                    raise spent
                 timeout = min(timeout, budget)
             inherited = info.propagated
             if inherited:

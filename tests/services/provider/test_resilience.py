@@ -242,9 +242,9 @@ async def test_backoff_doubles_up_to_max_attempts(serve, api):
 
 def test_jitter_is_uniform_below_the_backoff():
     policy, rng = RetryPolicy(backoff_base_s=0.1, backoff_max_s=1.0), random.Random(3)
-    waits = [policy.wait_s(3, BackendUnavailable("down"), rng) for _ in range(200)]
+    waits = [policy.wait_s(3, BackendUnavailable("down").retry_after_s, rng) for _ in range(200)]
     assert all(0 <= w <= 0.4 for w in waits) and len(set(waits)) == 200
-    assert policy.wait_s(1, RateLimited("slow down", 2.5), rng) == 2.5
+    assert policy.wait_s(1, RateLimited("slow down", 2.5).retry_after_s, rng) == 2.5
 
 
 @pytest.mark.parametrize("retry_after, retried", [("0.5", True), ("3", False)])

@@ -113,10 +113,56 @@ async def test_the_pool_puts_breakers_in_the_chain_only_when_enabled():
                                     "CLAWMESH_BREAKER__PRESET": "strict",
                                     "CLAWMESH_BREAKER__OPEN_TIMEOUT_S": "7"}))
     chain = on.chain("127.0.0.1:1")
-    assert [type(ic).__name__ for ic in chain] == ["PropagationInterceptor", "BreakerInterceptor"]
-    assert chain[1].target == "127.0.0.1:1" and chain[1].registry is on.breakers
+    assert [type(ic).__name__ for ic in chain] == [
+        "PropagationInterceptor", "RetryInterceptor", "BreakerInterceptor"]
+    assert chain[2].target == "127.0.0.1:1" and chain[2].registry is on.breakers
+    assert on.chain("127.0.0.1:1")[1] is chain[1]  # one retry throttle per target
     assert on.breakers.get("x").config == BreakerConfig.preset("strict", open_timeout_s=7.0)
     with pytest.raises(SettingsError, match="CLAWMESH_BREAKER__PRESET"):
         load_settings({"CLAWMESH_BREAKER__PRESET": "yolo"})
     await off.close()
     await on.close()
+
+
+class Relay(Provider):
+    """Answers by calling another provider (as routing calls provider)."""
+
+    def __init__(self, downstream: ProviderClient) -> None:
+        super().__init__("relay")
+        self.downstream = downstream
+
+    async def Generate(self, request_, context):
+        self.calls += 1
+        return await self.downstream.generate(request_)
+
+
+async def test_a_passed_on_failure_trips_only_the_breaker_next_to_the_fault():
+    flaky = Flaky()
+    far = await start(flaky)
+    clock = FakeClock()
+    inner_breakers = BreakerRegistry(BreakerConfig.preset("fast_fail"), clock=clock)
+    inner_channel = grpc.aio.insecure_channel(far.address)
+    inner = ProviderClient(UnaryTransport(inner_channel),
+                           client_chain(5.0, 0.0, far.address, inner_breakers))
+    relay = Relay(inner)
+    near = await start(relay)
+    outer_breakers = BreakerRegistry(BreakerConfig.preset("fast_fail"), clock=clock)
+    outer_channel = grpc.aio.insecure_channel(near.address)
+    outer = ProviderClient(UnaryTransport(outer_channel),
+                           client_chain(5.0, 0.0, near.address, outer_breakers))
+    try:
+        for _ in range(10):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await outer.generate(request("hi"))
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert ("x-clawmesh-fault-origin", "downstream") in tuple(info.value.trailing_metadata())
+        # The relay kept answering: its breaker at the caller stays closed; the breaker
+        # next to the failing provider opened, so the provider saw only 3 of the 10.
+        assert outer_breakers.get(f"{near.address} {GENERATE}").state is State.CLOSED
+        assert inner_breakers.get(f"{far.address} {GENERATE}").state is State.OPEN
+        assert relay.calls == 10 and flaky.calls == 3
+    finally:
+        await outer_channel.close()
+        await inner_channel.close()
+        await near.stop(0)
+        await far.stop(0)
