@@ -19,8 +19,8 @@ from tests.system.test_mesh_processes import mesh_env, message
 pytestmark = pytest.mark.system
 
 
-async def submit(ingest, text: str, timeout: float, session: str = "res-1"):
-    return await ingest.Submit(ingest_pb2.SubmitRequest(message=message(text, session)), timeout=timeout)
+async def submit(ingest, text: str, deadline_s: float, session: str = "res-1"):
+    return await ingest.Submit(ingest_pb2.SubmitRequest(message=message(text, session)), timeout=deadline_s)
 
 
 async def test_a_stopped_provider_trips_the_breaker_then_one_probe_closes_it(tmp_path):
