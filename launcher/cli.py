@@ -5,6 +5,8 @@
     clawmesh send "hello" -s s1      one message, prints the reply
     clawmesh chat                    an interactive conversation in one session
     clawmesh health                  every service's health status
+    clawmesh trace ID                one trace's waterfall, by trace id or request id
+    clawmesh trace --list --slowest  the slowest recent traces (or --errored)
     clawmesh config check            validate settings (env + CLAWMESH_CONFIG file)
     clawmesh load CONFIG             ghz-compatible load run (see loadtest/README.md)
 
@@ -162,6 +164,61 @@ async def _snapshot(target: str, timeout_s: float):
             return None
 
 
+def cmd_trace(args) -> int:
+    as_list = args.list or args.order != "recent"
+    if as_list == bool(args.id):
+        print("clawmesh trace: give a trace id or a request id, or --list (not both)", file=sys.stderr)
+        return 2
+    if not 1 <= args.limit <= 1000:
+        print("clawmesh trace: --limit must be 1 to 1000", file=sys.stderr)
+        return 2
+    return asyncio.run(_trace(args, args.target or _settings(args).metrics.target(), as_list))
+
+
+async def _trace(args, target: str, as_list: bool) -> int:
+    """Print one trace's waterfall, or a list of traces, from the metrics service."""
+    import grpc
+
+    from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+    from clawmesh.services.metrics.traces import is_trace_id
+    from clawmesh.services.metrics.waterfall import trace_console, trace_list, waterfall
+
+    console = trace_console()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = metrics_pb2_grpc.MetricsServiceStub(channel)
+        try:
+            if as_list:
+                order = metrics_pb2.TraceOrder.Value(f"TRACE_ORDER_{args.order.upper()}")
+                response = await stub.ListTraces(metrics_pb2.ListTracesRequest(
+                    order=order, limit=args.limit, service=args.service), timeout=args.timeout)
+                if response.traces:
+                    console.print(trace_list(response, console.width))
+                else:
+                    print(f"no {args.order} traces ({response.total_traces} held)", file=sys.stderr)
+                return 0
+            # Request ids are often 32 hex digits too: a trace id that is not found is
+            # tried as a request id.
+            fields = ("trace_id", "request_id") if is_trace_id(args.id) else ("request_id",)
+            for field in fields:
+                try:
+                    response = await stub.GetTrace(
+                        metrics_pb2.GetTraceRequest(**{field: args.id}), timeout=args.timeout)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.NOT_FOUND:
+                        continue
+                    raise
+                fill = "█" if console.encoding.lower().startswith("utf") else "#"
+                console.print(waterfall(response, console.width, fill))
+                return 0
+        except grpc.aio.AioRpcError as exc:
+            print(f"clawmesh trace: metrics service at {target}: {exc.code().name}: {exc.details()}",
+                  file=sys.stderr)
+            return 1
+    print(f"clawmesh trace: no trace with id or request id {args.id!r} "
+          f"(the metrics service at {target} keeps only recent traces)", file=sys.stderr)
+    return 1
+
+
 def cmd_config_check(args) -> int:
     from clawmesh.shared.policy import PolicyError, load_policy
 
@@ -220,6 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also each service's figures and gauges (edge: admission, limits, dedup)")
     p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("trace", help="one trace's waterfall (by trace or request id), or --list")
+    p.add_argument("id", nargs="?", help="trace id (32 hex digits) or request id")
+    p.add_argument("--list", action="store_true", help="list recent traces")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--slowest", dest="order", action="store_const", const="slowest",
+                       help="list the slowest traces first")
+    order.add_argument("--errored", dest="order", action="store_const", const="errored",
+                       help="list only traces with an error")
+    p.add_argument("--limit", type=int, default=20, help="traces listed (default: 20, at most 1000)")
+    p.add_argument("--service", default="", help="list only traces this service took part in")
+    p.add_argument("--target", help="metrics address (default: from settings)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_trace, order="recent")
 
     p = sub.add_parser("config", help="settings tools")
     p.add_argument("action", choices=["check"])

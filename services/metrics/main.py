@@ -1,4 +1,7 @@
-"""Build the metrics service: OTLP metrics + traces receivers and GetSnapshot.
+"""Build the metrics service: OTLP metrics + traces receivers, GetSnapshot, GetTrace, ListTraces.
+
+    server = await build(MeshSettings(metrics={"port": 0, "max_traces": 100}))
+    await server.start()
 
 It is on no request's path: every handler works on memory only and never
 waits on anything, so exporters are never held up and a slow or absent
@@ -14,6 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from clawmesh.metrics.v1 import metrics_pb2_grpc
 from clawmesh.services.metrics.aggregator import MetricsAggregator, SpanLog
 from clawmesh.services.metrics.servicer import OtlpMetricsServicer, OtlpTraceServicer, SnapshotServicer
+from clawmesh.services.metrics.traces import TraceStore
 from clawmesh.services.registry import by_name
 from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import MeshServer, create_server
@@ -65,8 +69,10 @@ async def build(
     *,
     aggregator: MetricsAggregator | None = None,
     spans: SpanLog | None = None,
+    traces: TraceStore | None = None,
 ) -> MeshServer:
-    """Build (not start) the metrics server; ``aggregator``/``spans`` may be injected.
+    """Build (not start) the metrics server; ``aggregator``/``spans``/``traces`` may be
+    injected (the trace store's bounds otherwise come from ``settings.metrics``).
 
     ``stats`` (a ``clawmesh.shared.rpcstats.RpcStats``) receives this server's own
     per-call figures, like every service's; the launcher exports no metrics *from*
@@ -74,12 +80,14 @@ async def build(
     """
     aggregator = MetricsAggregator() if aggregator is None else aggregator
     spans = SpanLog() if spans is None else spans
+    if traces is None:
+        traces = TraceStore(settings.metrics.max_traces, settings.metrics.max_spans_per_trace)
     return create_server(
         settings.metrics,
         [
-            (metrics_pb2_grpc.add_MetricsServiceServicer_to_server, SnapshotServicer(aggregator)),
+            (metrics_pb2_grpc.add_MetricsServiceServicer_to_server, SnapshotServicer(aggregator, traces)),
             (add_otlp_metrics_servicer, OtlpMetricsServicer(aggregator)),
-            (add_otlp_trace_servicer, OtlpTraceServicer(spans)),
+            (add_otlp_trace_servicer, OtlpTraceServicer(spans, traces)),
         ],
         by_name("metrics").grpc_services,
         server_chain(stats, settings.deadline_reserve_ms),

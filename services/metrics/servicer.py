@@ -1,8 +1,14 @@
-"""Thin servicers over the aggregator: OTLP receivers in, GetSnapshot out.
+"""Thin servicers over the aggregator and the trace store: OTLP receivers in,
+GetSnapshot, GetTrace and ListTraces out.
+
+    servicer = SnapshotServicer(aggregator, traces)
+    await servicer.GetTrace(metrics_pb2.GetTraceRequest(request_id="9f1c..."), context)
 
 The OTLP receivers are the standard ``opentelemetry.proto.collector`` services,
 so any OTel SDK or Collector exports here unchanged; they only fold the request
 into memory (no I/O, no awaits) and answer the empty Export*ServiceResponse.
+Bad queries raise ``InvalidArgument`` naming the field, unknown traces ``NotFound``
+(``clawmesh.shared.errors``; the server's error interceptor makes the status).
 """
 
 from __future__ import annotations
@@ -15,6 +21,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otl
 from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from clawmesh.services.metrics.aggregator import MetricsAggregator, ServiceStats, SpanLog
 from clawmesh.services.metrics.histogram import LatencyStats
+from clawmesh.services.metrics.traces import Order, SpanData, Trace, TraceStore, TraceSummary, is_trace_id
+from clawmesh.shared.errors import InvalidArgument, NotFound
+
+DEFAULT_LIST_LIMIT = 20
+MAX_LIST_LIMIT = 1000
+MAX_REQUEST_ID_CHARS = 256
+_ORDERS = {order.value for order in Order}
 
 
 class OtlpMetricsServicer(otlp_metrics_grpc.MetricsServiceServicer):
@@ -31,24 +44,23 @@ class OtlpMetricsServicer(otlp_metrics_grpc.MetricsServiceServicer):
 class OtlpTraceServicer(otlp_trace_grpc.TraceServiceServicer):
     """``opentelemetry.proto.collector.trace.v1.TraceService/Export``."""
 
-    def __init__(self, spans: SpanLog) -> None:
+    def __init__(self, spans: SpanLog, traces: TraceStore | None = None) -> None:
         self._spans = spans
+        self._traces = traces
 
     async def Export(self, request, context):
         self._spans.ingest(request)
+        if self._traces is not None:
+            self._traces.ingest(request)
         return otlp_trace_pb2.ExportTraceServiceResponse()
 
 
 class SnapshotServicer(metrics_pb2_grpc.MetricsServiceServicer):
-    """``clawmesh.metrics.v1.MetricsService``: reads the aggregate back.
+    """``clawmesh.metrics.v1.MetricsService``: reads the aggregate and the traces back."""
 
-    The aggregator also keeps each instance's latest gauges
-    (``ServiceStats.instance_details``, e.g. ingest's ``clawmesh.edge.*``); the
-    ``ServiceSnapshot`` message has no field for them yet, so they are not sent.
-    """
-
-    def __init__(self, aggregator: MetricsAggregator) -> None:
+    def __init__(self, aggregator: MetricsAggregator, traces: TraceStore | None = None) -> None:
         self._aggregator = aggregator
+        self._traces = TraceStore() if traces is None else traces
 
     async def GetSnapshot(self, request, context):
         response = metrics_pb2.GetSnapshotResponse(
@@ -56,6 +68,47 @@ class SnapshotServicer(metrics_pb2_grpc.MetricsServiceServicer):
         )
         response.time.FromNanoseconds(_nanos(self._aggregator.clock()))
         return response
+
+    async def GetTrace(self, request, context):
+        trace = self._find(request)
+        response = metrics_pb2.GetTraceResponse(
+            trace_id=trace.trace_id, dropped_spans=trace.dropped_spans
+        )
+        for span, depth in trace.waterfall():
+            _fill_span(response.spans.add(), span, depth)
+        return response
+
+    def _find(self, request) -> Trace:
+        lookup = request.WhichOneof("lookup")
+        if lookup == "request_id":
+            request_id = request.request_id
+            if not request_id or len(request_id) > MAX_REQUEST_ID_CHARS:
+                raise InvalidArgument("request_id", f"must be 1 to {MAX_REQUEST_ID_CHARS} characters")
+            trace = self._traces.by_request_id(request_id)
+            if trace is None:
+                raise NotFound(f"no trace with request id {request_id!r}")
+            return trace
+        if lookup is None:
+            raise InvalidArgument("trace_id", "set trace_id or request_id")
+        if not is_trace_id(request.trace_id):
+            raise InvalidArgument(
+                "trace_id", f"must be 32 hex digits, not all zero; got {request.trace_id[:64]!r}"
+            )
+        trace = self._traces.get(request.trace_id)
+        if trace is None:
+            raise NotFound(f"trace {request.trace_id.lower()} not found")
+        return trace
+
+    async def ListTraces(self, request, context):
+        order = request.order or metrics_pb2.TRACE_ORDER_RECENT
+        if order not in _ORDERS:
+            raise InvalidArgument("order", f"unknown TraceOrder value {order}")
+        if request.limit > MAX_LIST_LIMIT:
+            raise InvalidArgument("limit", f"must be at most {MAX_LIST_LIMIT}")
+        summaries = self._traces.list(Order(order), request.limit or DEFAULT_LIST_LIMIT, request.service)
+        return metrics_pb2.ListTracesResponse(
+            traces=[_summary_pb(s) for s in summaries], total_traces=len(self._traces)
+        )
 
 
 def _nanos(seconds: float) -> int:
@@ -93,4 +146,32 @@ def _service_pb(stats: ServiceStats) -> metrics_pb2.ServiceSnapshot:
     for d in stats.instance_details:
         inst = out.instance_details.add(instance_id=d.instance_id, gauges=d.gauges)
         inst.last_report_time.FromNanoseconds(_nanos(d.last_report_time))
+    return out
+
+
+def _fill_span(out: metrics_pb2.Span, span: SpanData, depth: int) -> None:
+    out.trace_id, out.span_id, out.parent_span_id = span.trace_id, span.span_id, span.parent_span_id
+    out.name, out.service, out.kind, out.depth = span.name, span.service, span.kind, depth
+    out.start_time.FromNanoseconds(span.start_ns)
+    out.end_time.FromNanoseconds(span.end_ns)
+    out.duration_ms = span.duration_ms
+    out.status_code, out.status_message = span.status_code, span.status_message
+    out.attributes.update(span.attributes)
+    for event in span.events:
+        pb = out.events.add(name=event.name, attributes=event.attributes)
+        pb.time.FromNanoseconds(event.time_ns)
+
+
+def _summary_pb(summary: TraceSummary) -> metrics_pb2.TraceSummary:
+    out = metrics_pb2.TraceSummary(
+        trace_id=summary.trace_id,
+        root_name=summary.root_name,
+        root_service=summary.root_service,
+        duration_ms=summary.duration_ms,
+        span_count=summary.span_count,
+        services=summary.services,
+        error=summary.error,
+        request_id=summary.request_id,
+    )
+    out.start_time.FromNanoseconds(summary.start_ns)
     return out

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/metrics/v1/metrics.proto\x12\x13\x63lawmesh.metrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x12GetSnapshotRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"a\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\x12\x0e\n\x06max_ms\x18\x05 \x01(\x01\"\xf0\x01\n\x0eMethodSnapshot\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12L\n\rstatus_counts\x18\x03 \x03(\x0b\x32\x35.clawmesh.metrics.v1.MethodSnapshot.StatusCountsEntry\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x1a\x33\n\x11StatusCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xcf\x01\n\x10InstanceSnapshot\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x34\n\x10last_report_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x06gauges\x18\x03 \x03(\x0b\x32\x31.clawmesh.metrics.v1.InstanceSnapshot.GaugesEntry\x1a-\n\x0bGaugesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc4\x02\n\x0fServiceSnapshot\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x03 \x01(\x04\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x12\x34\n\x07methods\x18\x05 \x03(\x0b\x32#.clawmesh.metrics.v1.MethodSnapshot\x12\x11\n\tinstances\x18\x06 \x01(\r\x12\x34\n\x10last_report_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x10instance_details\x18\x08 \x03(\x0b\x32%.clawmesh.metrics.v1.InstanceSnapshot\"w\n\x13GetSnapshotResponse\x12\x36\n\x08services\x18\x01 \x03(\x0b\x32$.clawmesh.metrics.v1.ServiceSnapshot\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2r\n\x0eMetricsService\x12`\n\x0bGetSnapshot\x12\'.clawmesh.metrics.v1.GetSnapshotRequest\x1a(.clawmesh.metrics.v1.GetSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/metrics/v1/metrics.proto\x12\x13\x63lawmesh.metrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"%\n\x12GetSnapshotRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"a\n\x0eLatencySummary\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p90_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0f\n\x07mean_ms\x18\x04 \x01(\x01\x12\x0e\n\x06max_ms\x18\x05 \x01(\x01\"\xf0\x01\n\x0eMethodSnapshot\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12L\n\rstatus_counts\x18\x03 \x03(\x0b\x32\x35.clawmesh.metrics.v1.MethodSnapshot.StatusCountsEntry\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x1a\x33\n\x11StatusCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xcf\x01\n\x10InstanceSnapshot\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x34\n\x10last_report_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x06gauges\x18\x03 \x03(\x0b\x32\x31.clawmesh.metrics.v1.InstanceSnapshot.GaugesEntry\x1a-\n\x0bGaugesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc4\x02\n\x0fServiceSnapshot\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x15\n\rrequest_count\x18\x02 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x03 \x01(\x04\x12\x34\n\x07latency\x18\x04 \x01(\x0b\x32#.clawmesh.metrics.v1.LatencySummary\x12\x34\n\x07methods\x18\x05 \x03(\x0b\x32#.clawmesh.metrics.v1.MethodSnapshot\x12\x11\n\tinstances\x18\x06 \x01(\r\x12\x34\n\x10last_report_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12?\n\x10instance_details\x18\x08 \x03(\x0b\x32%.clawmesh.metrics.v1.InstanceSnapshot\"w\n\x13GetSnapshotResponse\x12\x36\n\x08services\x18\x01 \x03(\x0b\x32$.clawmesh.metrics.v1.ServiceSnapshot\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x0fGetTraceRequest\x12\x12\n\x08trace_id\x18\x01 \x01(\tH\x00\x12\x14\n\nrequest_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"\xba\x01\n\tSpanEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x42\n\nattributes\x18\x03 \x03(\x0b\x32..clawmesh.metrics.v1.SpanEvent.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x83\x04\n\x04Span\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0f\n\x07span_id\x18\x02 \x01(\t\x12\x16\n\x0eparent_span_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07service\x18\x05 \x01(\t\x12+\n\x04kind\x18\x06 \x01(\x0e\x32\x1d.clawmesh.metrics.v1.SpanKind\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\t \x01(\x01\x12\x38\n\x0bstatus_code\x18\n \x01(\x0e\x32#.clawmesh.metrics.v1.SpanStatusCode\x12\x16\n\x0estatus_message\x18\x0b \x01(\t\x12=\n\nattributes\x18\x0c \x03(\x0b\x32).clawmesh.metrics.v1.Span.AttributesEntry\x12.\n\x06\x65vents\x18\r \x03(\x0b\x32\x1e.clawmesh.metrics.v1.SpanEvent\x12\r\n\x05\x64\x65pth\x18\x0e \x01(\r\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x10GetTraceResponse\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12(\n\x05spans\x18\x02 \x03(\x0b\x32\x19.clawmesh.metrics.v1.Span\x12\x15\n\rdropped_spans\x18\x03 \x01(\r\"c\n\x11ListTracesRequest\x12.\n\x05order\x18\x01 \x01(\x0e\x32\x1f.clawmesh.metrics.v1.TraceOrder\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x0f\n\x07service\x18\x03 \x01(\t\"\xd7\x01\n\x0cTraceSummary\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x11\n\troot_name\x18\x02 \x01(\t\x12\x14\n\x0croot_service\x18\x03 \x01(\t\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x05 \x01(\x01\x12\x12\n\nspan_count\x18\x06 \x01(\r\x12\x10\n\x08services\x18\x07 \x03(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\"]\n\x12ListTracesResponse\x12\x31\n\x06traces\x18\x01 \x03(\x0b\x32!.clawmesh.metrics.v1.TraceSummary\x12\x14\n\x0ctotal_traces\x18\x02 \x01(\r*\x99\x01\n\x08SpanKind\x12\x19\n\x15SPAN_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12SPAN_KIND_INTERNAL\x10\x01\x12\x14\n\x10SPAN_KIND_SERVER\x10\x02\x12\x14\n\x10SPAN_KIND_CLIENT\x10\x03\x12\x16\n\x12SPAN_KIND_PRODUCER\x10\x04\x12\x16\n\x12SPAN_KIND_CONSUMER\x10\x05*g\n\x0eSpanStatusCode\x12 \n\x1cSPAN_STATUS_CODE_UNSPECIFIED\x10\x00\x12\x17\n\x13SPAN_STATUS_CODE_OK\x10\x01\x12\x1a\n\x16SPAN_STATUS_CODE_ERROR\x10\x02*s\n\nTraceOrder\x12\x1b\n\x17TRACE_ORDER_UNSPECIFIED\x10\x00\x12\x16\n\x12TRACE_ORDER_RECENT\x10\x01\x12\x17\n\x13TRACE_ORDER_SLOWEST\x10\x02\x12\x17\n\x13TRACE_ORDER_ERRORED\x10\x03\x32\xaa\x02\n\x0eMetricsService\x12`\n\x0bGetSnapshot\x12\'.clawmesh.metrics.v1.GetSnapshotRequest\x1a(.clawmesh.metrics.v1.GetSnapshotResponse\x12W\n\x08GetTrace\x12$.clawmesh.metrics.v1.GetTraceRequest\x1a%.clawmesh.metrics.v1.GetTraceResponse\x12]\n\nListTraces\x12&.clawmesh.metrics.v1.ListTracesRequest\x1a\'.clawmesh.metrics.v1.ListTracesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METHODSNAPSHOT_STATUSCOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_INSTANCESNAPSHOT_GAUGESENTRY']._loaded_options = None
   _globals['_INSTANCESNAPSHOT_GAUGESENTRY']._serialized_options = b'8\001'
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_SPAN_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_SPANKIND']._serialized_start=2426
+  _globals['_SPANKIND']._serialized_end=2579
+  _globals['_SPANSTATUSCODE']._serialized_start=2581
+  _globals['_SPANSTATUSCODE']._serialized_end=2684
+  _globals['_TRACEORDER']._serialized_start=2686
+  _globals['_TRACEORDER']._serialized_end=2801
   _globals['_GETSNAPSHOTREQUEST']._serialized_start=91
   _globals['_GETSNAPSHOTREQUEST']._serialized_end=128
   _globals['_LATENCYSUMMARY']._serialized_start=130
@@ -52,6 +62,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICESNAPSHOT']._serialized_end=1007
   _globals['_GETSNAPSHOTRESPONSE']._serialized_start=1009
   _globals['_GETSNAPSHOTRESPONSE']._serialized_end=1128
-  _globals['_METRICSSERVICE']._serialized_start=1130
-  _globals['_METRICSSERVICE']._serialized_end=1244
+  _globals['_GETTRACEREQUEST']._serialized_start=1130
+  _globals['_GETTRACEREQUEST']._serialized_end=1199
+  _globals['_SPANEVENT']._serialized_start=1202
+  _globals['_SPANEVENT']._serialized_end=1388
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._serialized_start=1339
+  _globals['_SPANEVENT_ATTRIBUTESENTRY']._serialized_end=1388
+  _globals['_SPAN']._serialized_start=1391
+  _globals['_SPAN']._serialized_end=1906
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_start=1339
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_end=1388
+  _globals['_GETTRACERESPONSE']._serialized_start=1908
+  _globals['_GETTRACERESPONSE']._serialized_end=2009
+  _globals['_LISTTRACESREQUEST']._serialized_start=2011
+  _globals['_LISTTRACESREQUEST']._serialized_end=2110
+  _globals['_TRACESUMMARY']._serialized_start=2113
+  _globals['_TRACESUMMARY']._serialized_end=2328
+  _globals['_LISTTRACESRESPONSE']._serialized_start=2330
+  _globals['_LISTTRACESRESPONSE']._serialized_end=2423
+  _globals['_METRICSSERVICE']._serialized_start=2804
+  _globals['_METRICSSERVICE']._serialized_end=3102
 # @@protoc_insertion_point(module_scope)

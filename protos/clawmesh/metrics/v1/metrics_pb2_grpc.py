@@ -40,6 +40,16 @@ class MetricsServiceStub:
                 request_serializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetSnapshotRequest.SerializeToString,
                 response_deserializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetSnapshotResponse.FromString,
                 _registered_method=True)
+        self.GetTrace = channel.unary_unary(
+                '/clawmesh.metrics.v1.MetricsService/GetTrace',
+                request_serializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetTraceRequest.SerializeToString,
+                response_deserializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetTraceResponse.FromString,
+                _registered_method=True)
+        self.ListTraces = channel.unary_unary(
+                '/clawmesh.metrics.v1.MetricsService/ListTraces',
+                request_serializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.ListTracesRequest.SerializeToString,
+                response_deserializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.ListTracesResponse.FromString,
+                _registered_method=True)
 
 
 class MetricsServiceServicer:
@@ -52,6 +62,21 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrace(self, request, context):
+        """Every span received for one trace, found by trace id or by request id, in
+        waterfall order. NOT_FOUND when no such trace is held (any more).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTraces(self, request, context):
+        """Summaries of the traces held: the newest, the slowest, or only the failed ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +84,16 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.GetSnapshot,
                     request_deserializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetSnapshotRequest.FromString,
                     response_serializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetSnapshotResponse.SerializeToString,
+            ),
+            'GetTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrace,
+                    request_deserializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetTraceRequest.FromString,
+                    response_serializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'ListTraces': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTraces,
+                    request_deserializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.ListTracesRequest.FromString,
+                    response_serializer=clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.ListTracesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +124,60 @@ class MetricsService:
             '/clawmesh.metrics.v1.MetricsService/GetSnapshot',
             clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetSnapshotRequest.SerializeToString,
             clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawmesh.metrics.v1.MetricsService/GetTrace',
+            clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetTraceRequest.SerializeToString,
+            clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.GetTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTraces(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawmesh.metrics.v1.MetricsService/ListTraces',
+            clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.ListTracesRequest.SerializeToString,
+            clawmesh_dot_metrics_dot_v1_dot_metrics__pb2.ListTracesResponse.FromString,
             options,
             channel_credentials,
             insecure,

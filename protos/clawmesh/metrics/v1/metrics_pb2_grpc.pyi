@@ -37,6 +37,12 @@ class MetricsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MetricsServiceAsyncStub: ...
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetSnapshotRequest, _metrics_pb2.GetSnapshotResponse]
+    GetTrace: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetTraceRequest, _metrics_pb2.GetTraceResponse]
+    """Every span received for one trace, found by trace id or by request id, in
+    waterfall order. NOT_FOUND when no such trace is held (any more).
+    """
+    ListTraces: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.ListTracesRequest, _metrics_pb2.ListTracesResponse]
+    """Summaries of the traces held: the newest, the slowest, or only the failed ones."""
 
 @_typing.type_check_only
 class MetricsServiceAsyncStub(MetricsServiceStub):
@@ -44,6 +50,12 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetSnapshotRequest, _metrics_pb2.GetSnapshotResponse]  # type: ignore[assignment]
+    GetTrace: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetTraceRequest, _metrics_pb2.GetTraceResponse]  # type: ignore[assignment]
+    """Every span received for one trace, found by trace id or by request id, in
+    waterfall order. NOT_FOUND when no such trace is held (any more).
+    """
+    ListTraces: _aio.UnaryUnaryMultiCallable[_metrics_pb2.ListTracesRequest, _metrics_pb2.ListTracesResponse]  # type: ignore[assignment]
+    """Summaries of the traces held: the newest, the slowest, or only the failed ones."""
 
 class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     """MetricsService answers queries over the telemetry it has received."""
@@ -54,5 +66,23 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metrics_pb2.GetSnapshotRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.GetSnapshotResponse, _abc.Awaitable[_metrics_pb2.GetSnapshotResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTrace(
+        self,
+        request: _metrics_pb2.GetTraceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetTraceResponse, _abc.Awaitable[_metrics_pb2.GetTraceResponse]]:
+        """Every span received for one trace, found by trace id or by request id, in
+        waterfall order. NOT_FOUND when no such trace is held (any more).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTraces(
+        self,
+        request: _metrics_pb2.ListTracesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.ListTracesResponse, _abc.Awaitable[_metrics_pb2.ListTracesResponse]]:
+        """Summaries of the traces held: the newest, the slowest, or only the failed ones."""
 
 def add_MetricsServiceServicer_to_server(servicer: MetricsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
