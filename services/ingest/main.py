@@ -33,6 +33,8 @@ RETIRE_AFTER_S = 60.0  # replaced parts of the gate are closed this long after a
 
 async def build(settings: MeshSettings, stats=None) -> MeshServer:
     pool = ChannelPool(settings, settings.ingest.max_message_bytes)
+    if stats is not None and pool.breakers is not None:
+        stats.add_gauges("breaker", pool.breaker_gauges)
     gate = EdgeGate.from_policy(load_policy(settings.ingest.policy_file))
     ingest = Ingest(pool.client(RoutingClient, settings.routing.target()), settings, gate)
     if stats is not None:

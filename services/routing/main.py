@@ -16,6 +16,8 @@ from clawmesh.shared.settings import MeshSettings
 
 async def build(settings: MeshSettings, stats=None) -> MeshServer:
     pool = ChannelPool(settings, settings.routing.max_message_bytes)
+    if stats is not None and pool.breakers is not None:
+        stats.add_gauges("breaker", pool.breaker_gauges)
     router = Router(
         pool.client(MemoryClient, settings.memory.target()),
         pool.client(ProviderClient, settings.provider.target()),

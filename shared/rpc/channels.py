@@ -62,6 +62,17 @@ class ChannelPool:
         self.breakers = BreakerRegistry(settings.breaker.config()) if settings.breaker.enabled else None
         self._retries: dict[str, RetryInterceptor] = {}  # one per target: its throttle
 
+    def breaker_gauges(self) -> dict[str, float]:
+        """Every breaker's stats as gauges ``<stat>{peer=…,method=…}`` (state: 1 closed, 2 open,
+        3 half-open), for ``RpcStats.add_gauges("breaker", pool.breaker_gauges)``."""
+        out: dict[str, float] = {}
+        for key, stats in (self.breakers.stats() if self.breakers is not None else {}).items():
+            peer, _, method = key.partition(" ")
+            for name in ("state", "failure_rate", "consecutive_failures", "time_in_current_state",
+                         "refused"):
+                out[f"{name}{{peer={peer},method={method}}}"] = float(stats[name])
+        return out
+
     def chain(self, target: str) -> list[ClientInterceptor]:
         """The client chain for calls to ``target`` (the one given to the pool, if any)."""
         if self._chain is not None:

@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from clawmesh.launcher.mesh import MeshProcesses
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from tests.conftest import trailing_status
 from tests.system.test_mesh_processes import mesh_env, message
 
@@ -21,6 +22,24 @@ pytestmark = pytest.mark.system
 
 async def submit(ingest, text: str, deadline_s: float, session: str = "res-1"):
     return await ingest.Submit(ingest_pb2.SubmitRequest(message=message(text, session)), timeout=deadline_s)
+
+
+GENERATE = "/clawmesh.provider.v1.ProviderService/Generate"
+
+
+async def routing_gauge(mesh: MeshProcesses, name: str, accept, wait_s: float = 5.0) -> float | None:
+    """The first value routing pushes for gauge ``name`` that ``accept`` takes (None: none)."""
+    deadline = time.monotonic() + wait_s
+    async with grpc.aio.insecure_channel(mesh.target("metrics")) as channel:
+        metrics = metrics_pb2_grpc.MetricsServiceStub(channel)
+        while time.monotonic() < deadline:
+            snap = await metrics.GetSnapshot(metrics_pb2.GetSnapshotRequest(service="routing"), timeout=2)
+            for svc in snap.services:
+                for inst in svc.instance_details:
+                    if accept(inst.gauges.get(name)):
+                        return inst.gauges[name]
+            await asyncio.sleep(0.1)  # the services push every 0.2 s in these tests
+    return None
 
 
 async def test_a_stopped_provider_trips_the_breaker_then_one_probe_closes_it(tmp_path):
@@ -62,6 +81,10 @@ async def test_a_stopped_provider_trips_the_breaker_then_one_probe_closes_it(tmp
                 retry = error_details_pb2.RetryInfo()
                 assert any(d.Unpack(retry) for d in status.details)
             assert slow >= 3 and max(fast) < 0.3, (slow, fast)  # well under the 1 s call timeout
+            # Seen from outside: routing exports the breaker's state as a gauge (2: open; after
+            # the 1 s open timeout it reads 3, half-open, until a probe goes).
+            gauge = f"clawmesh.breaker.state{{peer={mesh.target('provider')},method={GENERATE}}}"
+            assert await routing_gauge(mesh, gauge, lambda v: v in (2.0, 3.0)) in (2.0, 3.0)
             mesh.signal("provider", signal.SIGCONT)
             stopped = False
             # No operator action: after the open timeout one probe goes through and closes it.

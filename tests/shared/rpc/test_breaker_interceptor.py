@@ -118,6 +118,11 @@ async def test_the_pool_puts_breakers_in_the_chain_only_when_enabled():
     assert chain[2].target == "127.0.0.1:1" and chain[2].registry is on.breakers
     assert on.chain("127.0.0.1:1")[1] is chain[1]  # one retry throttle per target
     assert on.breakers.get("x").config == BreakerConfig.preset("strict", open_timeout_s=7.0)
+    assert off.breaker_gauges() == {}
+    on.breakers.get("127.0.0.1:1 /pkg.Svc/M")
+    gauges = on.breaker_gauges()
+    assert gauges["state{peer=127.0.0.1:1,method=/pkg.Svc/M}"] == 1.0  # closed
+    assert gauges["consecutive_failures{peer=127.0.0.1:1,method=/pkg.Svc/M}"] == 0.0
     with pytest.raises(SettingsError, match="CLAWMESH_BREAKER__PRESET"):
         load_settings({"CLAWMESH_BREAKER__PRESET": "yolo"})
     await off.close()
