@@ -14,7 +14,11 @@ language set these as ordinary gRPC metadata.
 | x-clawmesh-synthetic       | request            | ``true`` marks load-test traffic              |
 | x-clawmesh-replayed        | trailing           | ``true`` when a stored reply was replayed     |
 | x-clawmesh-quota-remaining | trailing (Submit)  | requests the tightest rate limit still admits |
-| traceparent / tracestate   | request, every hop | W3C trace context                             |
+| traceparent / tracestate   | request, every hop | W3C trace context: each hop sends its own     |
+|                            |                    | client span's (the inbound one when tracing   |
+|                            |                    | is off)                                       |
+| x-clawmesh-trace-id        | trailing (Submit,  | the message's trace id (32 hex digits) when   |
+|                            | SubmitStream)      | tracing is on; recorded if sampled            |
 | grpc-status-details-bin    | trailing           | google.rpc.Status with rich error details     |
 """
 
@@ -35,6 +39,7 @@ FAULT_ORIGIN = "x-clawmesh-fault-origin"
 # call tree: a hop serving a call that an outer hop retries never retries its own calls,
 # so a failure deep in the mesh is retried at one layer only (N attempts, not N²).
 ATTEMPT = "x-clawmesh-attempt"
+TRACE_ID = "x-clawmesh-trace-id"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 STATUS_DETAILS = "grpc-status-details-bin"

@@ -13,10 +13,13 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 
+from opentelemetry import trace
+
 from clawmesh.common.v1 import common_pb2
 from clawmesh.services.ingest.edge import EdgeGate, Outcome
 from clawmesh.services.ingest.validation import validate_inbound
 from clawmesh.shared import metadata as md
+from clawmesh.shared import tracing
 from clawmesh.shared.errors import PermissionDenied
 from clawmesh.shared.settings import MeshSettings
 
@@ -77,6 +80,9 @@ class Ingest:
             md.IDEMPOTENCY_KEY: forward.idempotency_key,
             md.PRIORITY: PRIORITY_NAMES[forward.priority],
         }
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({tracing.REQUEST_ID: request_id, tracing.TENANT: tenant})
         return forward, out, dedupable
 
     async def dispatch(self, forward: common_pb2.InboundMessage, out: dict[str, str],

@@ -18,6 +18,11 @@ Converse stream alike. Order, and why:
 
 Every policy has shadow mode (``enforce: false``): rate limits and dedup then count
 what they would have refused or replayed (``shadow``) and let the message through.
+
+Each decision is also noted on the message's span when it is sampled (``shared.tracing``):
+``clawmesh.ratelimit`` allowed/refused + ``clawmesh.ratelimit.limit``, ``clawmesh.dedup``
+new/replayed/coalesced, ``clawmesh.admission`` admitted/refused + ``clawmesh.admission.reason``
+(``clawmesh.<policy>.enforced: false`` in shadow mode).
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from opentelemetry import trace
+
 from clawmesh.common.v1 import common_pb2
 from clawmesh.shared import context as callctx
-from clawmesh.shared.admission import AdmissionController, AIMDLimit, GradientLimit
+from clawmesh.shared import tracing
+from clawmesh.shared.admission import AdmissionController, AdmissionRejected, AIMDLimit, GradientLimit
 from clawmesh.shared.dedup import (
     Claim,
     Deduplicator,
@@ -58,6 +66,40 @@ class Outcome:
 
 
 PRIORITY_NAMES = {v: k.removeprefix("PRIORITY_").lower() for k, v in common_pb2.Priority.items()}
+
+
+def _note(attributes: dict) -> None:
+    """Record a decision on the current span (ingest's server span): a no-op unless it is sampled."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
+
+
+def _note_claim(claim: Claim, enforced: bool) -> None:
+    outcome = "new" if claim.owner else "coalesced" if claim.coalesced else "replayed"
+    _note({tracing.DEDUP: outcome} if enforced else {tracing.DEDUP: outcome, tracing.DEDUP_ENFORCED: False})
+
+
+class _NotedAdmission:
+    """An admission that notes on ``span`` whether the message was admitted, or why not."""
+
+    __slots__ = ("inner", "span")
+
+    def __init__(self, inner, span) -> None:
+        self.inner, self.span = inner, span
+
+    async def __aenter__(self):
+        try:
+            permit = await self.inner.__aenter__()
+        except AdmissionRejected as exc:
+            self.span.set_attributes({tracing.ADMISSION: "refused",
+                                      tracing.ADMISSION_REASON: exc.reason.value})
+            raise
+        self.span.set_attribute(tracing.ADMISSION, "admitted")
+        return permit
+
+    async def __aexit__(self, *exc_info):
+        return await self.inner.__aexit__(*exc_info)
 
 
 def _rules(policy: EdgePolicy) -> list[Rule]:
@@ -162,7 +204,7 @@ class EdgeGate:
         """Raise RateLimited when a limit refuses; else the least quota left (-1: no limit)."""
         if self.limiter is None:
             return -1
-        left = -1
+        left, tightest, refused = -1, "", ""
         values = {"tenant": message.tenant, "channel": message.channel, "sender": message.sender,
                   "priority": PRIORITY_NAMES[message.priority], "method": method}
         for keys in self.shapes:
@@ -170,10 +212,17 @@ class EdgeGate:
             decision = await self.limiter.check(descriptor)
             if not decision.allowed:
                 if self.policy.rate_limits.enforce:
+                    _note({tracing.RATE_LIMIT: "refused", tracing.RATE_LIMIT_NAME: decision.limit_name})
                     raise decision.error(descriptor)
                 self.shadow["rate_limited"] += 1
-            elif decision.remaining >= 0:
-                left = decision.remaining if left < 0 else min(left, decision.remaining)
+                refused = refused or decision.limit_name
+            elif decision.remaining >= 0 and (left < 0 or decision.remaining < left):
+                left, tightest = decision.remaining, decision.limit_name
+        if refused:
+            _note({tracing.RATE_LIMIT: "refused", tracing.RATE_LIMIT_NAME: refused,
+                   tracing.RATE_LIMIT_ENFORCED: False})
+        else:
+            _note({tracing.RATE_LIMIT: "allowed", tracing.RATE_LIMIT_NAME: tightest})
         return left
 
     async def _claim(self, key: str, ttl_s: float):
@@ -197,6 +246,8 @@ class EdgeGate:
         """Shadow mode: no queueing, but count what a full limit and queue would refuse."""
         if self._shadow_in_flight >= self.admission.limit + self.policy.admission.max_queue:
             self.shadow["admission_refused"] += 1
+            _note({tracing.ADMISSION: "refused", tracing.ADMISSION_REASON: "queue_full",
+                   tracing.ADMISSION_ENFORCED: False})
         self._shadow_in_flight += 1
         try:
             yield
@@ -209,7 +260,9 @@ class EdgeGate:
         info = callctx.current()
         remaining = info.remaining() if info is not None else None
         deadline = None if remaining is None else self.admission.clock() + remaining
-        return self.admission.admit(message.priority, deadline=deadline)
+        admission = self.admission.admit(message.priority, deadline=deadline)
+        span = trace.get_current_span()
+        return _NotedAdmission(admission, span) if span.is_recording() else admission
 
     # -- per shape -------------------------------------------------------------------------
 
@@ -235,6 +288,7 @@ class EdgeGate:
                 return Outcome(await produce(), False, left)
         key, ttl = keyed
         claim = await self._claim(key, ttl)
+        _note_claim(claim, self.policy.dedup.enforce)
         if not claim.owner:
             if self.policy.dedup.enforce:
                 return Outcome(common_pb2.Reply.FromString(claim.reply), True, left)
@@ -257,6 +311,8 @@ class EdgeGate:
         await self._limit(message, method)
         keyed = self._dedup_key(message, dedupable)
         claim = await self._claim(*keyed) if keyed is not None else None
+        if claim is not None:
+            _note_claim(claim, self.policy.dedup.enforce)
         if claim is not None and not claim.owner:
             if self.policy.dedup.enforce:
                 reply = common_pb2.Reply.FromString(claim.reply)

@@ -3,7 +3,9 @@
 Every admitted message's answer carries ``x-clawmesh-request-id`` (the caller's
 own, or one made here): in SubmitStream's initial metadata, as soon as the
 message is admitted; in Submit's trailing metadata (a unary answer arrives all
-at once, and an extra initial-metadata send costs ~18 % of ingest's CPU).
+at once, and an extra initial-metadata send costs ~18 % of ingest's CPU). With tracing
+on, Submit and SubmitStream also answer with the message's trace id in the
+``x-clawmesh-trace-id`` trailer; each Converse message is a trace of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from clawmesh.services.ingest.core import Ingest
 from clawmesh.shared import context as callctx
 from clawmesh.shared import metadata as md
 from clawmesh.shared.errors import ClawMeshError, status_of
+from clawmesh.shared.rpc.interceptors.tracing import message_span
+from clawmesh.shared.tracing import current_trace_id
+
+CONVERSE = "/clawmesh.ingest.v1.IngestService/Converse"
 
 
 def _headers(context) -> dict[str, str]:
@@ -39,6 +45,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         forward, out, dedupable = self.ingest.admit(request.message, request.HasField("message"),
                                                     _headers(context))
         trailing = [(md.REQUEST_ID, out[md.REQUEST_ID])]
+        if trace_id := current_trace_id():
+            trailing.append((md.TRACE_ID, trace_id))
         context.set_trailing_metadata(trailing)
         outcome = await self.ingest.dispatch(forward, out, dedupable)
         if outcome.replayed:  # a copy: the original's reply, marked
@@ -55,9 +63,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                                                     headers)
         # Tell the caller at once that the message was admitted, and under which id.
         await context.send_initial_metadata(((md.REQUEST_ID, out[md.REQUEST_ID]),))
+        trailing = ((md.TRACE_ID, trace_id),) if (trace_id := current_trace_id()) else ()
+        if trailing:
+            context.set_trailing_metadata(trailing)
         async for chunk, replayed in self.ingest.stream(forward, out, dedupable):
             if replayed:
-                context.set_trailing_metadata(((md.REPLAYED, "true"),))
+                context.set_trailing_metadata((*trailing, (md.REPLAYED, "true")))
             yield ingest_pb2.SubmitStreamResponse(chunk=chunk)
 
     async def Converse(self, request_iterator, context):
@@ -76,8 +87,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         async def answer(req: ingest_pb2.ConverseRequest) -> None:
             cid = req.correlation_id or req.message.channel_message_id
             try:
-                outcome = await self.ingest.submit(
-                    req.message, req.HasField("message"), headers, method="Converse")
+                with message_span(CONVERSE):  # one trace per message, linked to the stream's
+                    outcome = await self.ingest.submit(
+                        req.message, req.HasField("message"), headers, method="Converse")
                 done.put_nowait(ingest_pb2.ConverseResponse(
                     correlation_id=cid, reply=outcome.reply, replayed=outcome.replayed))
             except (ClawMeshError, grpc.aio.AioRpcError) as exc:

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
+from opentelemetry import trace
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2
 from clawmesh.services.routing.history import HistoryCache
+from clawmesh.shared import tracing
 from clawmesh.shared.context import current
 from clawmesh.shared.settings import MeshSettings
 
@@ -33,6 +35,15 @@ class Route:
     history_limit: int
     reason: str
     fallback_backends: list[str] = field(default_factory=list)
+
+
+def _noted(route: Route) -> Route:
+    """``route``, recorded on the current (routing's server) span when it is sampled."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({tracing.ROUTE: route.name, tracing.ROUTE_BACKEND: route.backend,
+                             tracing.ROUTE_MODEL: route.model})
+    return route
 
 
 def now_ts() -> timestamp_pb2.Timestamp:
@@ -98,7 +109,7 @@ class Router:
         )
 
     async def dispatch(self, message: common_pb2.InboundMessage):
-        route = self.decide(message)
+        route = _noted(self.decide(message))
         user, prompt = await self._prompt(message, route)
         gen = await self.provider.generate(provider_pb2.GenerateRequest(
             backend=route.backend, model=route.model, messages=prompt,
@@ -116,7 +127,7 @@ class Router:
         self, message: common_pb2.InboundMessage
     ) -> AsyncIterator[tuple[common_pb2.ReplyChunk, Route | None]]:
         """Yields (chunk, route-on-the-first-chunk-only); the last chunk is final."""
-        route = self.decide(message)
+        route = _noted(self.decide(message))
         user, prompt = await self._prompt(message, route)
         stream = self.provider.generate_stream(provider_pb2.GenerateStreamRequest(
             backend=route.backend, model=route.model, messages=prompt,

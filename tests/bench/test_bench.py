@@ -1,5 +1,5 @@
 """`make bench` end to end, shortened: real echo server, mesh (both transports), lean client, h2load,
-overload, the edge gate on vs off.
+overload, the edge gate on vs off, tracing off vs on.
 
 Asserts the structure and sanity of the results, not performance.
 """
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(300)]
 
 def test_bench_measures_every_row_and_writes_results(tmp_path):
     assert main(["--seconds", "0.5", "--concurrency", "8", "--rounds", "1", "--gate-rounds", "1",
-                 "--overload-seconds", "1", "--out", str(tmp_path), "--quiet"]) == 0
+                 "--tracing-rounds", "1", "--overload-seconds", "1", "--out", str(tmp_path), "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
     assert rows[0]["kind"] == "echo"
@@ -92,18 +92,27 @@ def test_bench_measures_every_row_and_writes_results(tmp_path):
     for key in ("on/off", "on_limit/off", "off/off_no_ids"):
         assert gate["ratios"][key]["median"] > 0, key
 
+    # Tracing off vs on vs every trace: three meshes, alternated.
+    tracing = results["tracing"]
+    [one] = tracing["rounds"]
+    assert set(one) == {"off", "on", "all"} and tracing["default_ratio"] > 0
+    for key, point in one.items():
+        assert point["msgs_per_s"] > 0 and point["errors"] == 0, (key, point)
+        assert set(point["cpu_us"]) == set(MESH), (key, point)
+    assert tracing["ratios"]["on"]["median"] > 0 and tracing["ratios"]["all"]["median"] > 0
+
     goals = results["goals"]
-    assert len(goals) == 9
+    assert len(goals) == 10
     names = " ".join(g["goal"] for g in goals)
     assert "goodput" in names and "RESOURCE_EXHAUSTED" in names and "admitted p99" in names
-    assert "edge gate on ÷ off" in names
+    assert "edge gate on ÷ off" in names and "tracing on" in names
     for goal in goals:
         assert goal["met"] in (True, False, None) and goal["measured"], goal
 
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("## How measured", "## Throughput and latency", "## CPU per message",
                     "## Load client overhead", "## A/B: both transports back to back", "## Goals",
-                    "## Overload", "## Edge gate on vs off", "## Start and memory"):
+                    "## Overload", "## Edge gate on vs off", "## Tracing off vs on", "## Start and memory"):
         assert heading in text, heading
     assert "unary" in text and "stream" in text
 

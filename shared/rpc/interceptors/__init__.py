@@ -40,7 +40,8 @@ def client_chain(cap_s: float, reserve_ms: float, target: str = "",
                  breakers: BreakerRegistry | None = None,
                  retry: RetryInterceptor | None = None) -> list[ClientInterceptor]:
     """The client chain of every outbound mesh call to ``target``."""
-    chain: list[ClientInterceptor] = [TracingClientInterceptor(), PropagationInterceptor(cap_s, reserve_ms)]
+    chain: list[ClientInterceptor] = [*TracingClientInterceptor.if_enabled(),
+                                      PropagationInterceptor(cap_s, reserve_ms)]
     if retry is not None:
         chain.append(retry)  # outside the breaker: each attempt asks it, an open one ends them
     if breakers is not None:
