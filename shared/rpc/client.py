@@ -7,8 +7,8 @@ the service it needs (``services/<svc>/client.py``)::
     history = await memory.history(session_id, limit=20)
 
 Each call becomes a ``Call`` that runs through the client chain (outermost
-first, declared in ``shared.rpc.interceptors``: deadline and metadata
-propagation today; breaker, retry and tracing slot in there) and then a
+first, declared in ``shared.rpc.interceptors``: tracing, deadline and metadata
+propagation, retry, circuit breaker) and then a
 transport: ``UnaryTransport`` (one RPC per call) or ``ExchangeTransport``
 (logical calls multiplexed on long-lived streams, ``shared.rpc.exchange_client``).
 Both raise ``grpc.aio.AioRpcError`` on failure, so callers can't tell them apart.

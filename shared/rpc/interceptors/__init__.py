@@ -1,10 +1,11 @@
 """The two interceptor chains, declared in one place, each interceptor a module.
 
-Server (outermost first): context -> metrics -> errors -> deadline -> handler. Next issues
-slot tracing first, and auth, rate limit and dedup after errors.
+Server (outermost first): tracing -> context -> metrics -> errors -> deadline ->
+handler. (The edge gate — rate limits, dedup, admission — runs in ingest's core, once
+per validated message: see services/ingest/edge.py.)
 
-Client (outermost first): propagation (deadline + metadata) -> retry (idempotent
-methods, one layer) -> circuit breaker (per target and method) -> transport.
+Client (outermost first): tracing -> propagation (deadline + metadata) -> retry
+(idempotent methods, one layer) -> circuit breaker (per target and method) -> transport.
 
 Health, reflection and the Exchange streams themselves bypass the server chain
 (``shared.rpc.filters.default_bypass``); the logical calls inside an Exchange
