@@ -3,6 +3,8 @@
     server = await build(settings)                      # backends, breakers and retries from settings
     server = await build(settings, provider=Provider.from_settings(settings.provider, clock=clock))
     await server.start()
+
+``build`` opens the response cache's Redis connection (``ResponseCache.connect``).
 """
 
 from __future__ import annotations
@@ -27,4 +29,6 @@ async def build(settings: MeshSettings, stats=None, provider: Provider | None = 
         server_chain(stats, settings.deadline_reserve_ms),
     )
     server.on_stop(provider.aclose)
+    if provider.cache is not None:
+        await provider.cache.connect()  # Redis's handshake now, not within the first call's op timeout
     return server

@@ -5,7 +5,8 @@
 
 Requests carry the conversation (with its tool calls and tool answers) and the tools the
 model may call; replies carry the model's tool calls (``GenerateResponse.message.tool_calls``,
-the final ``GenerateStreamResponse.tool_calls``).
+the final ``GenerateStreamResponse.tool_calls``). A request's ``cache`` policy and session go to
+the response cache (``cache.py``); a reply it served is ``cached`` (a stream's final response).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from opentelemetry import trace
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
@@ -25,8 +28,10 @@ from clawmesh.services.provider.backends import (
     ToolSpec,
     Turn,
 )
+from clawmesh.services.provider.cache import CacheOptions
 from clawmesh.services.provider.core import Provider
 from clawmesh.services.provider.resilience import GuardedBackend
+from clawmesh.shared import tracing
 from clawmesh.shared.breaker import State
 from clawmesh.shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 
@@ -112,6 +117,15 @@ def backend_errors() -> Iterator[None]:
         raise Unavailable(exc.message, exc.retry_after_s) from exc
 
 
+def _noted(backend: str, gen) -> None:
+    """The backend, model and tokens of a generation, on the current (provider's server) span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({tracing.BACKEND: backend, tracing.RESPONSE_MODEL: gen.model,
+                             tracing.INPUT_TOKENS: gen.prompt_tokens,
+                             tracing.OUTPUT_TOKENS: gen.completion_tokens})
+
+
 class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
     """``clawmesh.provider.v1.ProviderService`` over the ``Provider`` core.
 
@@ -128,7 +142,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         with backend_errors():
             info, gen = await self.provider.generate(
                 request.backend, request.model, turns, request.params.max_tokens, tools,
+                cache=CacheOptions.of(request),
             )
+        _noted(info.name, gen)
         return provider_pb2.GenerateResponse(
             message=common_pb2.ChatMessage(
                 role=common_pb2.ROLE_ASSISTANT, content=gen.content,
@@ -141,13 +157,15 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
             finish_reason=FINISH[gen.finish_reason],
             backend=info.name,
             model=gen.model,
+            cached=gen.cached,
         )
 
     async def GenerateStream(self, request, context):
         """The completion in pieces; the last response is ``final`` with usage and tool calls."""
         turns, tools = decode_turns(request.messages), decode_tools(request.tools)
         backend, chunks = self.provider.stream(
-            request.backend, request.model, turns, request.params.max_tokens, tools
+            request.backend, request.model, turns, request.params.max_tokens, tools,
+            cache=CacheOptions.of(request),
         )
         model = request.model or backend.info.models[0]
         index = 0
@@ -161,6 +179,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
         finally:
             await chunks.aclose()  # a cancelled call closes the backend's request now
         gen = chunks.result
+        _noted(backend.info.name, gen)
         yield provider_pb2.GenerateStreamResponse(
             index=index, final=True, backend=backend.info.name, model=gen.model,
             finish_reason=FINISH[gen.finish_reason], tool_calls=encode_calls(gen.tool_calls),
@@ -168,10 +187,14 @@ class ProviderServicer(provider_pb2_grpc.ProviderServiceServicer):
                 prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                 total_tokens=gen.prompt_tokens + gen.completion_tokens,
             ),
+            cached=gen.cached,
         )
 
     async def ListBackends(self, request, context):
-        """Every configured backend: health, counters, concurrency cap and breaker state."""
+        """Every configured backend: health, counters, concurrency cap and breaker state;
+        and the response cache's counters."""
+        cache = self.provider.cache
         return provider_pb2.ListBackendsResponse(
-            backends=[backend_status(b, is_default) for b, is_default in self.provider.list()]
+            backends=[backend_status(b, is_default) for b, is_default in self.provider.list()],
+            cache=provider_pb2.ResponseCacheStats(**cache.stats()) if cache is not None else None,
         )

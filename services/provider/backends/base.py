@@ -80,6 +80,7 @@ class Generation:
     completion_tokens: int
     finish_reason: str = "stop"  # "stop" | "length" | "tool_calls" | "content_filter"
     tool_calls: list[ToolCall] = field(default_factory=list)
+    cached: bool = False  # served from the provider's response cache, not the backend
 
 
 @dataclass
@@ -102,6 +103,8 @@ class BackendInfo:
     models: list[str] = field(default_factory=list)
     healthy: bool = True
     stats: BackendStats = field(default_factory=BackendStats)
+    # Sampling temperature when a request sets none; None: the server's own default (unknown).
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,9 @@ class BaseBackend:
     UNHEALTHY_AFTER: ClassVar[int] = 3  # consecutive faults
     EWMA_ALPHA: ClassVar[float] = 0.2
 
-    def __init__(self, name: str, models: list[str], limits: Limits = NO_LIMITS) -> None:
-        self.info = BackendInfo(name=name, kind=self.kind, models=list(models))
+    def __init__(self, name: str, models: list[str], limits: Limits = NO_LIMITS,
+                 temperature: float | None = None) -> None:
+        self.info = BackendInfo(name=name, kind=self.kind, models=list(models), temperature=temperature)
         self.limits = limits
         self._slots = asyncio.Semaphore(limits.max_concurrency) if limits.max_concurrency else None
 

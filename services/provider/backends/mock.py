@@ -9,6 +9,8 @@ Each call draws at most one fault from the seeded RNG, in list order by rate: th
 seed gives the same faults and jitter for the same sequence of calls. Faults surface as
 the backends' exceptions (``RateLimited``, ``BackendUnavailable``, ``MalformedResponse``),
 and delays (slow first token, a stall) trip the backend's own timeouts when they are set.
+``temperature`` only says what the mock stands for (its reply never varies): 0 lets the
+provider's response cache keep its replies, None (the default) does not.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ class MockBackend(BaseBackend):
                  faults: Sequence[MockFault] = (), tool_script: Sequence[Sequence[ToolCall]] = (),
                  seed: int | None = None, rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-                 limits: Limits = NO_LIMITS) -> None:
-        super().__init__(name, [model], limits)
+                 limits: Limits = NO_LIMITS, temperature: float | None = None) -> None:
+        super().__init__(name, [model], limits, temperature)
         self.model = model
         self.latency_s = latency_s
         self.chunk_words = chunk_words
@@ -79,6 +81,7 @@ class MockBackend(BaseBackend):
             seed=cfg.seed,
             limits=Limits(cfg.max_concurrency, cfg.first_token_timeout_s, cfg.stall_timeout_s,
                           cfg.total_timeout_s),
+            temperature=cfg.temperature,
         )
 
     def reply_text(self, turns: list[Turn]) -> str:

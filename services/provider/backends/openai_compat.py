@@ -8,7 +8,8 @@
     await backend.aclose()
 
 ``POST {base_url}/chat/completions``, plain JSON or SSE (``stream: true`` with
-``stream_options.include_usage``). One pooled ``httpx.AsyncClient`` per backend.
+``stream_options.include_usage``), with the configured ``temperature`` when one is set.
+One pooled ``httpx.AsyncClient`` per backend.
 Timeouts: connect (httpx), then first token, stall between chunks and total (the
 base class, around the SSE iteration); leaving a stream early closes its HTTP request.
 HTTP failures become the backends' exceptions: 429 ``RateLimited`` (Retry-After
@@ -58,8 +59,9 @@ class OpenAIBackend(BaseBackend):
     def __init__(self, name: str, base_url: str, model: str, *, models: list[str] | None = None,
                  api_key: str | None = None, headers: Mapping[str, str] | None = None,
                  connect_timeout_s: float = 5.0, limits: Limits = NO_LIMITS,
+                 temperature: float | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
-        super().__init__(name, [model, *(m for m in models or () if m != model)], limits)
+        super().__init__(name, [model, *(m for m in models or () if m != model)], limits, temperature)
         self.model = model
         sent = dict(headers or {})
         if api_key:
@@ -88,6 +90,7 @@ class OpenAIBackend(BaseBackend):
             connect_timeout_s=cfg.connect_timeout_s,
             limits=Limits(cfg.max_concurrency, cfg.first_token_timeout_s, cfg.stall_timeout_s,
                           cfg.total_timeout_s),
+            temperature=cfg.temperature,
         )
 
     async def aclose(self) -> None:
@@ -98,6 +101,8 @@ class OpenAIBackend(BaseBackend):
         body: dict[str, Any] = {"model": model or self.model, "messages": [_message(t) for t in turns]}
         if max_tokens:
             body["max_tokens"] = max_tokens
+        if self.info.temperature is not None:
+            body["temperature"] = self.info.temperature
         if tools:
             body["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools]

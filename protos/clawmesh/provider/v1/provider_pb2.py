@@ -27,7 +27,7 @@ from clawmesh.common.v1 import exchange_pb2 as clawmesh_dot_common_dot_v1_dot_ex
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clawmesh/provider/v1/provider.proto\x12\x14\x63lawmesh.provider.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04stop\x18\x04 \x03(\t\"\xe3\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xd7\x01\n\x10GenerateResponse\x12\x30\n\x07message\x18\x01 \x01(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x03 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"\xe9\x01\n\x15GenerateStreamRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\xfa\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x30\n\ntool_calls\x18\x08 \x03(\x0b\x32\x1c.clawmesh.common.v1.ToolCall\"\x15\n\x13ListBackendsRequest\"M\n\x14ListBackendsResponse\x12\x35\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32#.clawmesh.provider.v1.BackendStatus\"\xf3\x02\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x39\n\rbreaker_state\x18\x05 \x01(\x0e\x32\".clawmesh.provider.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\r\x12/\n\x0breopen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x11\n\tin_flight\x18\t \x01(\r\x12\x0f\n\x07waiting\x18\n \x01(\r\x12\x17\n\x0flatency_ewma_ms\x18\x0b \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x0c \x01(\x04\x12\x0e\n\x06\x65rrors\x18\r \x01(\x04\x12\x17\n\x0fmax_concurrency\x18\x0e \x01(\r\x12\x12\n\nlast_error\x18\x0f \x01(\t\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xa6\x03\n\x0fProviderService\x12Y\n\x08Generate\x12%.clawmesh.provider.v1.GenerateRequest\x1a&.clawmesh.provider.v1.GenerateResponse\x12m\n\x0eGenerateStream\x12+.clawmesh.provider.v1.GenerateStreamRequest\x1a,.clawmesh.provider.v1.GenerateStreamResponse0\x01\x12j\n\x0cListBackends\x12).clawmesh.provider.v1.ListBackendsRequest\x1a*.clawmesh.provider.v1.ListBackendsResponse\"\x03\x90\x02\x01\x12]\n\x08\x45xchange\x12%.clawmesh.provider.v1.ExchangeRequest\x1a&.clawmesh.provider.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#clawmesh/provider/v1/provider.proto\x12\x14\x63lawmesh.provider.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x10GenerationParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x0c\n\x04stop\x18\x04 \x03(\t\"\x95\x02\n\x0fGenerateRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x30\n\x05\x63\x61\x63he\x18\x07 \x01(\x0e\x32!.clawmesh.provider.v1.CachePolicy\"\xd7\x01\n\x10GenerateResponse\x12\x30\n\x07message\x18\x01 \x01(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12(\n\x05usage\x18\x02 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x03 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\"\x9b\x02\n\x15GenerateStreamRequest\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x31\n\x08messages\x18\x03 \x03(\x0b\x32\x1f.clawmesh.common.v1.ChatMessage\x12\x36\n\x06params\x18\x04 \x01(\x0b\x32&.clawmesh.provider.v1.GenerationParams\x12\x31\n\x05tools\x18\x05 \x03(\x0b\x32\".clawmesh.common.v1.ToolDefinition\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x30\n\x05\x63\x61\x63he\x18\x07 \x01(\x0e\x32!.clawmesh.provider.v1.CachePolicy\"\x8a\x02\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12(\n\x05usage\x18\x04 \x01(\x0b\x32\x19.clawmesh.common.v1.Usage\x12\x37\n\rfinish_reason\x18\x05 \x01(\x0e\x32 .clawmesh.common.v1.FinishReason\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x30\n\ntool_calls\x18\x08 \x03(\x0b\x32\x1c.clawmesh.common.v1.ToolCall\x12\x0e\n\x06\x63\x61\x63hed\x18\t \x01(\x08\"\x15\n\x13ListBackendsRequest\"\x86\x01\n\x14ListBackendsResponse\x12\x35\n\x08\x62\x61\x63kends\x18\x01 \x03(\x0b\x32#.clawmesh.provider.v1.BackendStatus\x12\x37\n\x05\x63\x61\x63he\x18\x02 \x01(\x0b\x32(.clawmesh.provider.v1.ResponseCacheStats\"\x8c\x01\n\x12ResponseCacheStats\x12\x0f\n\x07l1_hits\x18\x01 \x01(\x04\x12\x0f\n\x07l2_hits\x18\x02 \x01(\x04\x12\x0e\n\x06misses\x18\x03 \x01(\x04\x12\x0e\n\x06writes\x18\x04 \x01(\x04\x12\x10\n\x08\x62ypassed\x18\x05 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x06 \x01(\x04\x12\x12\n\nl1_entries\x18\x07 \x01(\r\"\xf3\x02\n\rBackendStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06models\x18\x03 \x03(\t\x12\x0f\n\x07healthy\x18\x04 \x01(\x08\x12\x39\n\rbreaker_state\x18\x05 \x01(\x0e\x32\".clawmesh.provider.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\r\x12/\n\x0breopen_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x11\n\tin_flight\x18\t \x01(\r\x12\x0f\n\x07waiting\x18\n \x01(\r\x12\x17\n\x0flatency_ewma_ms\x18\x0b \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x0c \x01(\x04\x12\x0e\n\x06\x65rrors\x18\r \x01(\x04\x12\x17\n\x0fmax_concurrency\x18\x0e \x01(\r\x12\x12\n\nlast_error\x18\x0f \x01(\t\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame*]\n\x0b\x43\x61\x63hePolicy\x12\x1c\n\x18\x43\x41\x43HE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41\x43HE_POLICY_BYPASS\x10\x01\x12\x17\n\x13\x43\x41\x43HE_POLICY_OPT_IN\x10\x02*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xa6\x03\n\x0fProviderService\x12Y\n\x08Generate\x12%.clawmesh.provider.v1.GenerateRequest\x1a&.clawmesh.provider.v1.GenerateResponse\x12m\n\x0eGenerateStream\x12+.clawmesh.provider.v1.GenerateStreamRequest\x1a,.clawmesh.provider.v1.GenerateStreamResponse0\x01\x12j\n\x0cListBackends\x12).clawmesh.provider.v1.ListBackendsRequest\x1a*.clawmesh.provider.v1.ListBackendsResponse\"\x03\x90\x02\x01\x12]\n\x08\x45xchange\x12%.clawmesh.provider.v1.ExchangeRequest\x1a&.clawmesh.provider.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +36,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['ListBackends']._loaded_options = None
   _globals['_PROVIDERSERVICE'].methods_by_name['ListBackends']._serialized_options = b'\220\002\001'
-  _globals['_BREAKERSTATE']._serialized_start=1790
-  _globals['_BREAKERSTATE']._serialized_end=1914
+  _globals['_CACHEPOLICY']._serialized_start=2107
+  _globals['_CACHEPOLICY']._serialized_end=2200
+  _globals['_BREAKERSTATE']._serialized_start=2202
+  _globals['_BREAKERSTATE']._serialized_end=2326
   _globals['_GENERATIONPARAMS']._serialized_start=162
   _globals['_GENERATIONPARAMS']._serialized_end=250
   _globals['_GENERATEREQUEST']._serialized_start=253
-  _globals['_GENERATEREQUEST']._serialized_end=480
-  _globals['_GENERATERESPONSE']._serialized_start=483
-  _globals['_GENERATERESPONSE']._serialized_end=698
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=701
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=934
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=937
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1187
-  _globals['_LISTBACKENDSREQUEST']._serialized_start=1189
-  _globals['_LISTBACKENDSREQUEST']._serialized_end=1210
-  _globals['_LISTBACKENDSRESPONSE']._serialized_start=1212
-  _globals['_LISTBACKENDSRESPONSE']._serialized_end=1289
-  _globals['_BACKENDSTATUS']._serialized_start=1292
-  _globals['_BACKENDSTATUS']._serialized_end=1663
-  _globals['_EXCHANGEREQUEST']._serialized_start=1665
-  _globals['_EXCHANGEREQUEST']._serialized_end=1725
-  _globals['_EXCHANGERESPONSE']._serialized_start=1727
-  _globals['_EXCHANGERESPONSE']._serialized_end=1788
-  _globals['_PROVIDERSERVICE']._serialized_start=1917
-  _globals['_PROVIDERSERVICE']._serialized_end=2339
+  _globals['_GENERATEREQUEST']._serialized_end=530
+  _globals['_GENERATERESPONSE']._serialized_start=533
+  _globals['_GENERATERESPONSE']._serialized_end=748
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=751
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=1034
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1037
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1303
+  _globals['_LISTBACKENDSREQUEST']._serialized_start=1305
+  _globals['_LISTBACKENDSREQUEST']._serialized_end=1326
+  _globals['_LISTBACKENDSRESPONSE']._serialized_start=1329
+  _globals['_LISTBACKENDSRESPONSE']._serialized_end=1463
+  _globals['_RESPONSECACHESTATS']._serialized_start=1466
+  _globals['_RESPONSECACHESTATS']._serialized_end=1606
+  _globals['_BACKENDSTATUS']._serialized_start=1609
+  _globals['_BACKENDSTATUS']._serialized_end=1980
+  _globals['_EXCHANGEREQUEST']._serialized_start=1982
+  _globals['_EXCHANGEREQUEST']._serialized_end=2042
+  _globals['_EXCHANGERESPONSE']._serialized_start=2044
+  _globals['_EXCHANGERESPONSE']._serialized_end=2105
+  _globals['_PROVIDERSERVICE']._serialized_start=2329
+  _globals['_PROVIDERSERVICE']._serialized_end=2751
 # @@protoc_insertion_point(module_scope)
