@@ -4,6 +4,8 @@
 #   make protos - regenerate the stub package from protos/
 #   make lint   - buf lint + ruff
 #   make bench  - benchmarks, written to bench/RESULTS.md
+#   make image  - the container image (needs a Docker engine)
+#   make k8s-validate - render k8s/ overlays, validate schemas, checkov, policy checks
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,11 +17,18 @@ GRPC_JS_VERSION := 1.14.7
 PROTO_LOADER_VERSION := 0.8.1
 NODE_GRPC := .tools/node_modules/@grpc/proto-loader/package.json
 STAMP := $(VENV)/.installed
+# checkov pins cachetools<6 and packaging 23.x, which the project's own packages outgrow, so
+# it gets a venv of its own instead of the dev extras (kubectl and kubernetes-validate are there).
+CHECKOV_VERSION := 3.3.30
+CHECKOV := .tools/checkov/bin/checkov
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= clawmesh:$(VERSION)
+DOCKER ?= docker
 
-.PHONY: help setup run test lint protos check-protos bench system-deps clean
+.PHONY: help setup run test lint protos check-protos bench system-deps clean image k8s-tools k8s-validate
 
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,8p' Makefile
 
 setup: $(STAMP) $(BUF) $(NODE_GRPC)
 
@@ -38,6 +47,16 @@ $(NODE_GRPC):
 	@command -v npm >/dev/null || { echo "npm is needed for the Node gRPC packages (apt-get install npm)"; exit 1; }
 	npm install --silent --no-audit --no-fund --save-exact --prefix .tools \
 	  @grpc/grpc-js@$(GRPC_JS_VERSION) @grpc/proto-loader@$(PROTO_LOADER_VERSION)
+
+$(CHECKOV):
+	@rm -rf .tools/checkov
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/python -m pip install -q --upgrade pip
+	.tools/checkov/bin/python -m pip install -q checkov==$(CHECKOV_VERSION)
+	@$(CHECKOV) --version >/dev/null
+
+# What tests/k8s needs beyond the dev extras.
+k8s-tools: $(CHECKOV)
 
 # Debian tools used by tests and benchmarks (redis-server, h2load).
 system-deps:
@@ -63,8 +82,18 @@ lint: setup
 	cd protos && ../$(BUF) lint
 	$(PY) -m ruff check services shared launcher loadtest bench tests
 
-test: setup system-deps lint check-protos
+test: setup k8s-tools system-deps lint check-protos
 	$(PY) -m pytest
+
+# The manifests alone: every overlay rendered, schema-validated, checkov'd, policies checked.
+k8s-validate: setup k8s-tools
+	$(PY) -m pytest -q -p no:cacheprovider tests/k8s
+
+# No Docker engine here (or anywhere `docker info` fails): say so and fail, never pretend.
+image:
+	@command -v $(DOCKER) >/dev/null || { echo "make image: no '$(DOCKER)' command: install Docker to build $(IMAGE)" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable ('$(DOCKER) info' failed): start one, or build on a machine that has one: $(DOCKER) build -t $(IMAGE) ." >&2; exit 1; }
+	DOCKER_BUILDKIT=1 $(DOCKER) build -t $(IMAGE) .
 
 run: setup
 	$(VENV)/bin/clawmesh up

@@ -2,8 +2,9 @@
 
 Every service is built through the registry (``clawmesh.services.registry``);
 this module does the process-level parts once for all of them: logging, the RPC
-figures' periodic OTLP push, the event loop (uvloop when available), garbage
-collector tuning and signal handling.
+figures' periodic OTLP push and, with ``prometheus_port``, their /metrics endpoint
+(``shared.prometheus``), the tracer provider (``shared.tracing``), the event loop
+(uvloop when available), garbage collector tuning and signal handling.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import uuid
 
 from clawmesh.services.registry import by_name
 from clawmesh.shared.logs import configure_logging
 from clawmesh.shared.rpc.server import MeshServer
 from clawmesh.shared.settings import MeshSettings
+from clawmesh.shared.tracing import configure_tracing, shutdown_tracing
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,8 @@ def freeze_heap() -> None:
 
 
 async def _serve(name: str, settings: MeshSettings) -> None:
-    stats = exporter = None
+    stats = exporter = tracer_provider = None
+    instance_id = uuid.uuid4().hex  # one identity for the figures and the spans
     if settings.telemetry.enabled and name != "metrics":
         from clawmesh.shared.rpcstats import OtlpStatsExporter, RpcStats
 
@@ -51,12 +56,28 @@ async def _serve(name: str, settings: MeshSettings) -> None:
         exporter = OtlpStatsExporter(
             stats, service=name, endpoint=settings.metrics.target(),
             interval_s=settings.telemetry.export_interval_s,
-            timeout_s=settings.telemetry.export_timeout_s,
+            timeout_s=settings.telemetry.export_timeout_s, instance_id=instance_id,
         )
+    prometheus_port = settings.server(name).prometheus_port
+    if prometheus_port is not None and stats is None:
+        # Scraped only: the metrics service (or one with telemetry off) pushes nothing over OTLP.
+        from clawmesh.shared.rpcstats import RpcStats
+
+        stats = RpcStats()
+    if name != "metrics":  # metrics traces nothing: its own exports would feed back into it
+        # Before the build: the interceptor chains take the provider when they are made.
+        tracer_provider = configure_tracing(name, settings, os.environ, instance_id)
     server = await build_service(name, settings, stats)
+    if prometheus_port is not None:  # /metrics reads the same RpcStats: no second instrumentation
+        from clawmesh.shared.prometheus import start_endpoint
+
+        endpoint = await start_endpoint(stats, name, settings.server(name).host, prometheus_port)
+        server.on_stop(endpoint.close)
     if exporter is not None:
         await exporter.start()
         server.on_stop(exporter.stop)  # runs after the drain: the last figures go out
+    if tracer_provider is not None:
+        server.on_stop(shutdown_tracing)  # after the drain: every call's spans have ended
     await server.serve_until_signal(on_serving=freeze_heap)
 
 
