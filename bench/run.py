@@ -16,7 +16,12 @@ process) unless stated, all on 127.0.0.1:
 * overload: Submit open loop at 3× the max Submit rate (stream hops, default edge
   policy), 2 s deadline per call — goodput, refusals, admitted latency;
 * the edge gate on vs off: one mesh (stream hops) with several ingest processes in
-  front of it, each with its own policy file, Submit alternated round by round.
+  front of it, each with its own policy file, Submit alternated round by round;
+* tracing off vs on (default sampling) vs on for every trace: three meshes (stream hops)
+  side by side, each exporting its spans to its own metrics process, Submit alternated
+  round by round (``--tracing-only`` runs just this section);
+* the memory backends, SQLite and Redis, store layer and over gRPC
+  (``bench/memory_bench.py``, also runnable alone; ``--memory-rounds 0`` skips it).
 
 For every row, CPU µs per message of each process comes from /proc/<pid>/stat
 over the measured window. Writes ``<out>/RESULTS.md`` and ``<out>/results.json``;
@@ -40,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import memory_bench
 from clawmesh.launcher.mesh import START_ORDER, MeshProcesses, child_env, health_status
 from clawmesh.services.registry import NAMES as SERVICES
 
@@ -67,6 +73,13 @@ GOAL_GATE = 0.85            # Submit/s, edge gate on ÷ off (in-process backends
 NEVER_REFUSING = {"rules": [{"match": {"tenant": "*"},
                              "limits": [{"name": "big", "rate": 1000000, "burst": 1000000}]}]}
 POLICY_OFF = {"dedup": {"enforce": False}, "admission": {"enforce": False}}
+# The goal of the issue "tracing": Submit/s with tracing on (default sampling) ÷ off.
+GOAL_TRACING = 0.85
+TRACING_VARIANTS = {  # mesh settings per variant; "on" is the shipped default
+    "off": {"CLAWMESH_TELEMETRY__TRACING_ENABLED": "false"},
+    "on": {},
+    "all": {"CLAWMESH_TELEMETRY__TRACE_SAMPLE_RATIO": "1"},
+}
 
 
 _HANDED_OUT: set[int] = set()
@@ -493,6 +506,67 @@ class Bench:
         gate["ratios"] = gate_ratios(gate["rounds"])
         results["gate"] = gate
 
+    async def tracing_rounds(self, results: dict) -> None:
+        """Submit/s with tracing off, on (default sampling) and on for every trace, alternated.
+
+        Three whole meshes (stream hops) side by side, idle when not measured, differing only
+        in their tracing settings; each exports its spans to its own metrics process, whose CPU
+        is counted. The order of the variants rotates each round.
+        """
+        from clawmesh.shared.settings import TelemetrySettings
+
+        out: dict = {"transport": OVERLOAD_TRANSPORT, "variants": list(TRACING_VARIANTS),
+                     "default_ratio": TelemetrySettings().trace_sample_ratio, "rounds": []}
+        meshes: dict[str, MeshProcesses] = {}
+        files = []
+        try:
+            for name, variant in TRACING_VARIANTS.items():
+                env = {f"CLAWMESH_{n.upper()}__PORT": str(free_port()) for n in SERVICES}
+                env.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / f"data-tracing-{name}"),
+                           CLAWMESH_LOG_LEVEL="WARNING", CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0",
+                           CLAWMESH_INTERNAL_TRANSPORT=OVERLOAD_TRANSPORT, **variant)
+                path = self.work / f"mesh-tracing-{name}.stderr"
+                files.append(path.open("wb"))
+                meshes[name] = MeshProcesses(child_env(self.env_base, env), stderr=files[-1])
+                try:
+                    await meshes[name].start()
+                except Exception as exc:
+                    files[-1].flush()
+                    tail = path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"tracing mesh ({name}) did not start: {exc}\n{tail}") from exc
+            names = list(meshes)
+            for i in range(self.args.tracing_rounds):
+                k = i % len(names)
+                one = {}
+                for name in names[k:] + names[:k]:
+                    mesh = meshes[name]
+                    self.log(f"  tracing round {i + 1}/{self.args.tracing_rounds}: Submit [{name}] ...")
+                    pids = {n: p.pid for n, p in mesh.procs.items()}
+                    res = await lean(self.spec("submit", target=mesh.target("ingest"), pids=pids),
+                                     self.lean_env)
+                    ok = res["ok"]
+                    one[name] = {"msgs_per_s": res["ok_per_s"], "p50_ms": res["p50_ms"],
+                                 "p99_ms": res["p99_ms"], "ok": ok, "errors": res["errors"],
+                                 "error_codes": res["error_codes"],
+                                 "cpu_us": {n: c * 1e6 / ok if ok else 0.0
+                                            for n, c in res["cpu_s_by_pid"].items()}}
+                    one[name]["server_cpu_us"] = sum(one[name]["cpu_us"].values())
+                    self.log(f"    {res['ok_per_s']:.0f}/s, {one[name]['server_cpu_us']:.0f} µs per "
+                             f"message, errors {res['errors']}")
+                out["rounds"].append(one)
+        finally:
+            for mesh in meshes.values():
+                await mesh.stop(grace_s=2)
+            for f in files:
+                f.close()
+        out["ratios"] = {}
+        for key in ("on", "all"):
+            each = [x[key]["msgs_per_s"] / x["off"]["msgs_per_s"] for x in out["rounds"]
+                    if x["off"]["msgs_per_s"]]
+            if each:
+                out["ratios"][key] = {"median": statistics.median(each), "rounds": each}
+        results["tracing"] = out
+
     async def start_redis(self):
         """A redis-server of our own on a free port, in the run's temp dir (no persistence)."""
         port = free_port()
@@ -626,6 +700,56 @@ def gate_goal(g: dict) -> dict:
     return {"goal": goal, "measured": measured, "value": value, "met": value >= GOAL_GATE}
 
 
+def tracing_goal(t: dict) -> dict:
+    goal = (f"tracing on (default sampling, ratio {t['default_ratio']:g}) ÷ off ≥ {GOAL_TRACING:g}× "
+            "(Submit/s, stream hops)")
+    on, every = t["ratios"].get("on"), t["ratios"].get("all")
+    if on is None:
+        return {"goal": goal, "measured": "not measured", "value": None, "met": None}
+    measured = (f"median of {len(on['rounds'])} alternated rounds {on['median']:.2f}× "
+                f"(rounds: {', '.join(f'{x:.2f}' for x in on['rounds'])}); every trace recorded: "
+                f"{_ratio(every)}")
+    return {"goal": goal, "measured": measured, "value": on["median"], "met": on["median"] >= GOAL_TRACING}
+
+
+TRACING_LABELS = {
+    "off": "off (`telemetry.tracing_enabled: false`)",
+    "on": "on, default sampling (parent-based, ratio {ratio:g})",
+    "all": "on, every trace recorded (ratio 1)",
+}
+
+
+def render_tracing(t: dict, concurrency: int) -> list[str]:
+    rounds = t["rounds"]
+    lines = [
+        "", f"## Tracing off vs on ({t['transport']} hops)", "",
+        "Three meshes side by side, differing only in their tracing settings, each exporting its spans "
+        "(OTLP/gRPC, batch processor) to its own metrics process; Submit at "
+        f"{concurrency} callers, closed loop, each variant in turn, the order rotated every round. Ratios "
+        "are medians over rounds of Submit/s ÷ the same round's off variant. A message makes 9 spans "
+        "(ingest's server span, and a client + server span per internal call: routing, history, "
+        "provider, append); an unsampled one still gets ids and propagates them. CPU µs per message "
+        "are medians; Σ server includes the metrics process, which receives the spans.",
+        "",
+        "| variant | " + " | ".join(f"round {i} msgs/s" for i in range(1, len(rounds) + 1))
+        + " | ÷ off (median) | p99 ms | Σ server µs/msg | ingest | routing | metrics | errors |",
+        "|---|" + "---:|" * (len(rounds) + 7),
+    ]
+    for key in t["variants"]:
+        pts = [x[key] for x in rounds]
+        if not pts:
+            continue
+        ratio = "1.00×" if key == "off" else _ratio(t["ratios"].get(key))
+        cpu = [statistics.median(x["server_cpu_us"] for x in pts)]
+        cpu += [statistics.median(x["cpu_us"][n] for x in pts) for n in ("ingest", "routing", "metrics")]
+        lines.append(
+            f"| {TRACING_LABELS[key].format(ratio=t['default_ratio'])} | "
+            + " | ".join(f"{x['msgs_per_s']:.0f}" for x in pts)
+            + f" | {ratio} | {statistics.median(x['p99_ms'] for x in pts):.2f} | "
+            + " | ".join(f"{c:.0f}" for c in cpu) + f" | {sum(x['errors'] for x in pts)} |")
+    return lines
+
+
 def goals(r: dict) -> list[dict]:
     """Each goal with its figures; met is None when a figure was not measured."""
     rows = r["rows"]
@@ -691,6 +815,8 @@ def goals(r: dict) -> list[dict]:
         out += overload_goals(r["overload"])
     if r.get("gate"):
         out.append(gate_goal(r["gate"]))
+    if r.get("tracing"):
+        out.append(tracing_goal(r["tracing"]))
     return out
 
 
@@ -704,6 +830,15 @@ async def main_async(args) -> dict:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "mesh": {}, "h2load": {},
         "loadavg_before": os.getloadavg()}
     started = time.monotonic()
+    if args.tracing_only:
+        try:
+            await bench.tracing_rounds(results)
+        finally:
+            shutil.rmtree(bench.work, ignore_errors=True)
+        results["goals"] = [tracing_goal(results["tracing"])]
+        results["total_s"] = time.monotonic() - started
+        results["loadavg_after"] = os.getloadavg()
+        return results
     try:
         await bench.echo_rows(results)
         for transport in TRANSPORTS:
@@ -714,7 +849,15 @@ async def main_async(args) -> dict:
         if args.gate_rounds:
             log("edge gate on vs off: one mesh, one ingest per policy, Submit alternated")
             await bench.gate_rounds(results)
+        if args.tracing_rounds:
+            log("tracing off vs on: three meshes side by side, Submit alternated")
+            await bench.tracing_rounds(results)
         await bench.inprocess_row(results)
+        if args.memory_rounds:
+            log("memory backends: SQLite and Redis, store layer and over gRPC")
+            short = args.seconds < 2  # a shortened run (the tests) measures less
+            results["memory"] = await memory_bench.run(
+                log, 2_000 if short else args.memory_sessions, 1 if short else args.memory_rounds)
     finally:
         shutil.rmtree(bench.work, ignore_errors=True)
     unit = results["bare_echo_us"]["total"]
@@ -757,7 +900,8 @@ def render_markdown(r: dict) -> str:
         "Each row has a discarded warm-up; then the client reads `utime+stime` of itself and of every "
         "server process from `/proc/<pid>/stat`, runs the measured window, waits for every call in "
         "flight, and reads them again: CPU µs per message = CPU-time delta ÷ OK messages. The mesh runs "
-        "as five `clawmesh serve` processes (telemetry on, pushing to the metrics process), started "
+        "as five `clawmesh serve` processes (telemetry on, pushing figures and spans — default trace "
+        "sampling — to the metrics process), started "
         "twice: `CLAWMESH_INTERNAL_TRANSPORT=unary`, then `stream`, each with a fresh SQLite directory. "
         "The in-process bound runs `clawmesh.launcher.inprocess.direct_mesh` in a child process of its "
         "own (telemetry export off: there is no metrics process); its whole CPU is counted. "
@@ -849,6 +993,10 @@ def render_markdown(r: dict) -> str:
         lines += render_overload(r["overload"])
     if r.get("gate"):
         lines += render_gate(r["gate"], r["settings"]["concurrency"])
+    if r.get("tracing"):
+        lines += render_tracing(r["tracing"], r["settings"]["concurrency"])
+    if r.get("memory"):
+        lines += memory_bench.render(r["memory"])
     lines += ["", "## Goals", "", "| goal | measured | status |", "|---|---|---|"]
     for g in r["goals"]:
         status = "not measured" if g["met"] is None else "**met**" if g["met"] else "**not met**"
@@ -969,6 +1117,21 @@ def render_gate(g: dict, concurrency: int) -> list[str]:
     return lines
 
 
+def render_tracing_only(r: dict) -> str:
+    """RESULTS.md of a ``--tracing-only`` run: the tracing section and its goal."""
+    s = r["settings"]
+    lines = ["# ClawMesh benchmark results (tracing section only)", "",
+             f"`python -m bench.run --tracing-only` on {r['started']}: {r['machine']['cpus']} CPUs, "
+             f"{s['seconds']:g} s measured per round after {s['warmup_s']:g} s warm-up, mock backend with "
+             f"zero latency, everything on 127.0.0.1. Whole run: {r['total_s']:.0f} s."]
+    lines += render_tracing(r["tracing"], s["concurrency"])
+    lines += ["", "## Goals", "", "| goal | measured | status |", "|---|---|---|"]
+    for g in r["goals"]:
+        status = "not measured" if g["met"] is None else "**met**" if g["met"] else "**not met**"
+        lines.append(f"| {g['goal']} | {g['measured']} | {status} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured length of each row")
@@ -986,6 +1149,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="deadline of each overload call, seconds")
     parser.add_argument("--gate-rounds", type=int, default=3,
                         help="alternated rounds of Submit with the edge gate on vs off (0: none)")
+    parser.add_argument("--tracing-rounds", type=int, default=3,
+                        help="alternated rounds of Submit with tracing off / on / every trace (0: none)")
+    parser.add_argument("--tracing-only", action="store_true",
+                        help="run only the tracing rounds (RESULTS.md then has that section alone)")
+    parser.add_argument("--memory-rounds", type=int, default=5,
+                        help="rounds of the memory backends section (0: none; run alone: "
+                             "python -m bench.memory_bench)")
+    parser.add_argument("--memory-sessions", type=int, default=50_000,
+                        help="sessions of the memory RSS figures (2,000 when --seconds < 2)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if args.warmup is None:
@@ -994,8 +1166,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "RESULTS.md").write_text(render_markdown(results))
-    print(render_markdown(results))
+    render = render_tracing_only if args.tracing_only else render_markdown
+    (out / "RESULTS.md").write_text(render(results))
+    print(render(results))
     return 0
 
 

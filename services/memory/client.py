@@ -2,6 +2,7 @@
 
     memory = pool.client(MemoryClient, settings.memory.target())
     got = await memory.history("s1", limit=20)
+    found = await memory.search("s1", "favourite tea", limit=5)
 """
 
 from __future__ import annotations
@@ -30,3 +31,9 @@ class MemoryClient(ServiceClient):
         """Append ``messages`` atomically, once per ``idempotency_key``."""
         return await self.unary("BatchAppend", memory_pb2.BatchAppendRequest(
             session_id=session_id, messages=messages, idempotency_key=idempotency_key))
+
+    async def search(self, session_id: str, query: str, limit: int = 0) -> memory_pb2.SearchResponse:
+        """The session's messages holding every word of ``query``, newest first (``hits``
+        with their sequences); ``limit`` 0: the service's default. For an agent's memory tool."""
+        return await self.unary("Search", memory_pb2.SearchRequest(
+            session_id=session_id, query=query, limit=limit))

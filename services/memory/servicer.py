@@ -2,20 +2,24 @@
 
 The tenant is the ``x-clawmesh-tenant`` metadata of the call; when absent
 (memory called directly, not through ingest) it falls back to the same default
-tenant ingest uses. Limits (id length, content size, batch and page sizes) come
+tenant ingest uses. Limits (id length, content size, tokens, batch, page and search sizes) come
 from ``MemorySettings``. Bad input raises ``InvalidArgument`` naming every
 offending field; the server's error interceptor turns it into INVALID_ARGUMENT
 + BadRequest.
+
+    servicer = MemoryServiceServicer(await open_store(settings.memory), settings.memory, "default")
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from google.protobuf import timestamp_pb2
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from clawmesh.services.memory.records import Message, SessionInfo, ToolCall
-from clawmesh.services.memory.store import MemoryStore
+from clawmesh.services.memory.records import Message, SessionInfo, ToolCall, words
+from clawmesh.services.memory.store import MemoryStore, token_violations
 from clawmesh.shared.context import current
 from clawmesh.shared.errors import FieldViolation, InvalidArgument
 from clawmesh.shared.settings import MemorySettings
@@ -101,6 +105,8 @@ class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
         limit = self._limits.max_content_bytes
         if len(message.content.encode()) > limit:
             problems.append(FieldViolation(f"{name}.content", f"must be at most {limit} bytes"))
+        else:
+            problems += token_violations([decode_message(message)], self._store.limits.max_tokens, [name])
         return problems
 
     async def Append(self, request, context):
@@ -109,7 +115,8 @@ class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
         A repeat of an ``idempotency_key`` already used in the same session stores
         nothing and returns the first sequence with ``duplicate``. INVALID_ARGUMENT
         for a missing/too long session id, a too long key, a missing message, an
-        unknown role or too large content.
+        unknown role, too large content, or more tokens than a whole session keeps
+        (``max_tokens_per_session``).
         """
         problems = self._check_id(request.session_id, "session_id", required=True)
         problems += self._check_id(request.idempotency_key, "idempotency_key", required=False)
@@ -204,14 +211,30 @@ class MemoryServiceServicer(memory_pb2_grpc.MemoryServiceServicer):
         )
 
     async def Stats(self, request, context):
-        """Totals over the tenant's sessions: sessions, messages, content bytes, tokens.
-
-        Raises nothing of its own.
+        """Totals over the tenant's live sessions (sessions, messages, content bytes, tokens)
+        and what its limits and expiry removed so far. Raises nothing of its own.
         """
         stats = await self._store.stats(self._tenant())
-        return memory_pb2.StatsResponse(
-            sessions=stats.sessions,
-            messages=stats.messages,
-            content_bytes=stats.content_bytes,
-            tokens=stats.tokens,
+        return memory_pb2.StatsResponse(**asdict(stats))
+
+    async def Search(self, request, context):
+        """The session's messages holding every word of the query, newest first.
+
+        An unknown session has no matches. INVALID_ARGUMENT for a missing or too
+        long session id, an empty or too long query (or one without a word), and a
+        limit above ``max_search_results``.
+        """
+        problems = self._check_id(request.session_id, "session_id", required=True)
+        most = self._limits.max_query_chars
+        if len(request.query) > most:
+            problems.append(FieldViolation("query", f"must be at most {most} characters"))
+        elif not words(request.query):
+            problems.append(FieldViolation("query", "must contain at least one word (letters or digits)"))
+        if request.limit > self._limits.max_search_results:
+            problems.append(FieldViolation("limit", f"must be at most {self._limits.max_search_results}"))
+        _raise_if(problems)
+        limit = request.limit or min(self._limits.default_search_results, self._limits.max_search_results)
+        found = await self._store.search(self._tenant(), request.session_id, request.query, limit)
+        return memory_pb2.SearchResponse(
+            hits=[memory_pb2.SearchHit(sequence=m.sequence, message=encode_message(m)) for m in found]
         )

@@ -1,249 +1,202 @@
-"""Durable per-session chat history on SQLite (WAL): the memory service's core.
+"""The memory store's interface, its two backends behind one factory, and the sweeper.
 
-SQLite work runs off the event loop on two dedicated threads, each with its own
-connection: one writes, one reads (WAL lets reads proceed while a write
-commits). Appends use group commit: appends that arrive while a commit is on
-its way to disk wait, then go together into the next transaction, each in its
-own savepoint, under one ``synchronous=FULL`` commit. No append is acknowledged
-before the commit that holds it is on disk, so an acknowledged append survives
-``kill -9`` (and a power cut), and one fsync serves many concurrent appends.
-
-    store = await MemoryStore.open(Path("data"), max_messages_per_session=200)
-    result = await store.append("t1", "s1", [Message(role=2, content="hi")])
-    history = await store.history("t1", "s1")
+    store = await open_store(settings.memory)        # SqliteStore or RedisStore
+    result = await store.append("t1", "s1", [Message(role=2, content="hi")], "key-1")
+    history = await store.history("t1", "s1", limit=20)
+    hits = await store.search("t1", "s1", "tea", limit=5)
     await store.close()
 
-A token count of 0 is estimated (``estimate_message_tokens``: ceil(chars / 4)
-over the content and any tool-call names and arguments); the estimate is
-stored and returned like a given count. Idempotency keys are scoped to
-(tenant, session): a repeat in the same session returns the first result.
-Each session has an epoch that changes when it is deleted and created again.
-The SQL is in ``queries.py``; the schema and its migrations in ``schema.py``.
+Both backends keep the same contract (tests/services/memory/test_memory_contract.py
+runs one suite against each): per-(tenant, session) history with contiguous
+sequences that are never reused, atomic batches, idempotency keys scoped to the
+session and remembered for ``idempotency_ttl_s``, a window of at most
+``max_messages`` messages and ``max_tokens`` tokens (the oldest go first, counted
+as trimmed), sessions expiring after ``session_ttl_s`` idle (counted as expired),
+and tenants that never see each other's sessions. Every time-based decision reads
+the injected ``clock`` (nanoseconds), never the wall clock directly.
+
+- ``SqliteStore`` (``sqlite_store.py``): one file, WAL, group commit, fsync per
+  commit; embedded, one process.
+- ``RedisStore`` (``redis_store.py``): one Lua script per write, shared by every
+  memory replica; durable as the Redis server's AOF settings make it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 
-from clawmesh.services.memory import queries
 from clawmesh.services.memory.records import (
     AppendResult,
+    Expired,
     History,
+    Limits,
     Message,
     SessionPage,
     Stats,
-    decode_page_token,
+    message_tokens,
+    words,
 )
-from clawmesh.services.memory.schema import migrate
-from clawmesh.shared.errors import InvalidArgument
+from clawmesh.shared.errors import FieldViolation, InvalidArgument
+from clawmesh.shared.settings import MemorySettings
 
-DB_FILE = "memory.sqlite3"
+log = logging.getLogger(__name__)
 
-class MemoryStore:
-    """Per-(tenant, session) message history with a window, idempotent appends and stats.
+Clock = Callable[[], int]  # nanoseconds since the epoch, like time.time_ns
 
-    Build with ``await MemoryStore.open(data_dir, max_messages_per_session)``.
-    """
 
-    def __init__(self, max_messages_per_session: int, clock: Callable[[], int] = time.time_ns,
-                 inline_reads: bool = False):
-        if max_messages_per_session < 1:
-            raise ValueError("max_messages_per_session must be >= 1")
-        self.max_messages = max_messages_per_session
+class MemoryStore(ABC):
+    """What the servicer needs from a backend. Limits and clock are given at open."""
+
+    def __init__(self, limits: Limits, clock: Clock = time.time_ns) -> None:
+        self.limits = limits
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-write")
-        # Inline: reads run on the event loop's thread. A bounded indexed read in WAL
-        # mode takes tens of µs and never waits for the writer; a thread hop costs
-        # more CPU than that (two wake-ups and a handoff per read).
-        self.inline_reads = inline_reads
-        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memory-read")
-        self._db: sqlite3.Connection | None = None
-        self._rdb: sqlite3.Connection | None = None
-        self._pending: list[tuple[tuple, asyncio.Future]] = []
-        self._flusher: asyncio.Task | None = None
-        self.commits = 0  # write transactions committed (group commit makes it < appends)
+        self._sweeper: asyncio.Task | None = None
 
-    @classmethod
-    async def open(
-        cls,
-        data_dir: Path | str,
-        max_messages_per_session: int,
-        clock: Callable[[], int] = time.time_ns,
-        inline_reads: bool = False,
-    ) -> MemoryStore:
-        """Create ``data_dir`` if needed and open (or create) the database in it."""
-        store = cls(max_messages_per_session, clock, inline_reads)
-        try:
-            await store._run(store._connect, Path(data_dir))
-            await store._read(store._connect_reader, Path(data_dir))
-        except BaseException:
-            store._executor.shutdown(wait=False)
-            store._read_executor.shutdown(wait=False)
-            raise
-        return store
-
-    async def close(self) -> None:
-        """Finish queued appends, then close both connections."""
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self._db is not None:
-            await self._run(self._close)
-        if self._rdb is not None:
-            await self._read(self._close_reader)
-        self._executor.shutdown(wait=False)
-        self._read_executor.shutdown(wait=False)
+    # -- the contract --------------------------------------------------------------------
 
     async def append(
         self, tenant: str, session_id: str, messages: Sequence[Message], idempotency_key: str = ""
     ) -> AppendResult:
-        """Append ``messages`` atomically; returns only after the commit is on disk."""
-        if not messages:
-            raise InvalidArgument("messages", "must not be empty")
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(((tenant, session_id, list(messages), idempotency_key), future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
+        """Append ``messages`` atomically; returns once the write is durable.
 
-    async def _flush(self) -> None:
-        """Commit queued appends in batches until the queue is empty (group commit)."""
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    results = await self._run(self._append_batch, [args for args, _ in batch])
-                except BaseException as exc:  # the commit itself failed: nobody is acknowledged
-                    results = [exc] * len(batch)
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
-        finally:
-            self._flusher = None
+        A repeat of ``idempotency_key`` in the same session (within its TTL) stores
+        nothing and returns the first append's sequences with ``duplicate``.
+        InvalidArgument when there are no messages or one holds more tokens than a
+        whole session may.
+        """
+        check_append(messages, self.limits.max_tokens)
+        return await self._append(tenant, session_id, list(messages), idempotency_key)
 
+    @abstractmethod
+    async def _append(self, tenant: str, session_id: str, messages: list[Message], key: str) -> AppendResult:
+        """``append`` after its checks."""
+
+    @abstractmethod
     async def history(
-        self,
-        tenant: str,
-        session_id: str,
-        limit: int = 0,
-        token_budget: int = 0,
-        after_sequence: int = 0,
+        self, tenant: str, session_id: str, limit: int = 0, token_budget: int = 0, after_sequence: int = 0
     ) -> History:
         """The newest messages, oldest first. ``limit`` 0: the window; ``token_budget`` 0: none.
 
         With ``after_sequence`` > 0 only messages with a higher sequence count: the
         newest of those, ``truncated`` when limit or budget left one of them out.
         """
-        limit = limit or self.max_messages
-        after = max(after_sequence, 0)
-        return await self._query(queries.history, tenant, session_id, limit, token_budget, after)
 
+    async def search(self, tenant: str, session_id: str, query: str, limit: int) -> list[Message]:
+        """The session's messages whose content holds every word of ``query``, newest first.
+
+        Words as ``records.words`` splits them (case and accents ignored).
+        InvalidArgument naming ``query`` when it has no word.
+        """
+        terms = words(query)
+        if not terms:
+            raise InvalidArgument("query", "must contain at least one word (letters or digits)")
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        return await self._search(tenant, session_id, list(dict.fromkeys(terms)), limit)
+
+    @abstractmethod
+    async def _search(self, tenant: str, session_id: str, terms: list[str], limit: int) -> list[Message]:
+        """``search`` with the query split into distinct words."""
+
+    @abstractmethod
     async def delete_session(self, tenant: str, session_id: str) -> int:
         """Delete a session; returns its message count. NotFound when there is none."""
-        return await self._run(self._in_tx, True, queries.delete, tenant, session_id)
 
+    @abstractmethod
     async def list_sessions(self, tenant: str, page_size: int, page_token: str = "") -> SessionPage:
-        """Up to ``page_size`` (>= 1) sessions ordered by id.
+        """Up to ``page_size`` (>= 1) live sessions ordered by id.
 
-        Pass ``next_page_token`` back for the next page. The default and largest page
-        size are the servicer's policy (settings), not the store's.
+        Pass ``next_page_token`` back for the next page; a token is good for the
+        tenant it was given to only (InvalidArgument naming ``page_token`` otherwise).
         """
-        if page_size < 1:
-            raise ValueError("page_size must be >= 1")
-        after = decode_page_token(page_token) if page_token else None
-        return await self._query(queries.list_sessions, tenant, page_size, after)
 
+    @abstractmethod
     async def stats(self, tenant: str) -> Stats:
-        """Sessions, messages, content bytes and tokens stored for ``tenant``."""
-        return await self._query(queries.stats, tenant)
+        """Totals over ``tenant``'s live sessions, and its trimmed and expired counts."""
 
-    # -- everything below runs on the store's threads ----------------------------------
+    @abstractmethod
+    async def expire(self) -> Expired:
+        """Remove what has expired by now (the sweeper calls this); what was removed."""
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    @abstractmethod
+    async def gauges(self) -> dict[str, float]:
+        """All tenants together: ``sessions``, ``trimmed_messages``, ``expired_sessions``,
+        ``expired_messages`` (for ``RpcStats.add_gauges("memory", store.gauges)``)."""
 
-    async def _read(self, fn, *args):
-        if self.inline_reads:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._read_executor, fn, *args)
+    async def close(self) -> None:
+        """Stop the sweeper; backends release their resources after calling this."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
 
-    async def _query(self, fn, *args):
-        """``fn(db, *args)`` in a read transaction on the reader's thread."""
-        return await self._read(self._in_tx, False, fn, *args)
+    # -- the sweeper -----------------------------------------------------------------------
 
-    def _connect_reader(self, data_dir: Path) -> None:
-        self._rdb = sqlite3.connect(data_dir / DB_FILE, isolation_level=None)
-        self._rdb.row_factory = sqlite3.Row
-        self._rdb.execute("PRAGMA busy_timeout=5000")
+    def start_sweeper(self) -> None:
+        """Run ``expire`` every ``limits.sweep_interval_s`` (nothing when it is 0)."""
+        if self.limits.sweep_interval_s > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-sweeper")
 
-    def _close_reader(self) -> None:
-        db, self._rdb = self._rdb, None
-        if db is not None:
-            db.close()
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.sweep_interval_s)
+            try:
+                removed = await self.expire()
+            except Exception:  # noqa: BLE001 - a failed sweep is retried next interval
+                log.exception("memory sweep failed")
+                continue
+            if removed.sessions or removed.keys:
+                log.info("memory sweep: %d session(s), %d message(s), %d key(s) expired",
+                         removed.sessions, removed.messages, removed.keys)
 
-    def _connect(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(data_dir / DB_FILE, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()["journal_mode"]
-        if mode.lower() != "wal":
-            db.close()
-            raise RuntimeError(f"{data_dir / DB_FILE}: cannot enable WAL (got {mode})")
-        # FULL: each commit fsyncs the WAL, so an acknowledged write is on disk.
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("PRAGMA busy_timeout=5000")
-        try:
-            migrate(db)
-        except BaseException:
-            db.close()
-            raise
-        self._db = db
 
-    def _close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            db.close()
+def check_append(messages: Sequence[Message], max_tokens: int, field: str = "messages") -> None:
+    """InvalidArgument when there is nothing to append or a message can never fit a session."""
+    if not messages:
+        raise InvalidArgument(field, "must not be empty")
+    problems = token_violations(messages, max_tokens, [f"{field}[{i}]" for i in range(len(messages))])
+    if problems:
+        raise InvalidArgument(problems)
 
-    @contextmanager
-    def _tx(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        db = self._db if write else self._rdb
-        if db is None:
-            raise RuntimeError("memory store is closed")
-        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
-    def _in_tx(self, write: bool, fn, *args):
-        """``fn(db, *args)`` in one transaction of the writer (``write``) or the reader."""
-        with self._tx(write) as db:
-            return fn(db, *args)
+def token_violations(
+    messages: Sequence[Message], max_tokens: int, names: Sequence[str]
+) -> list[FieldViolation]:
+    """A FieldViolation for each message holding more than ``max_tokens`` tokens.
 
-    def _append_batch(self, batch: list[tuple]) -> list:
-        """One transaction for the batch; each append in a savepoint so a bad one fails alone."""
-        results: list = []
-        with self._tx(write=True) as db:
-            for args in batch:
-                db.execute("SAVEPOINT one_append")
-                try:
-                    results.append(
-                        queries.append(db, *args, now=self._clock(), window=self.max_messages)
-                    )
-                except Exception as exc:  # noqa: BLE001 - handed to that append's caller
-                    db.execute("ROLLBACK TO one_append")
-                    results.append(exc)
-                db.execute("RELEASE one_append")
-        self.commits += 1
-        return results
+    Names ``<name>.token_count`` when the caller gave the count, ``<name>.content``
+    when it was estimated from the text.
+    """
+    out = []
+    for name, message in zip(names, messages, strict=True):
+        tokens = message_tokens(message)
+        if tokens > max_tokens:
+            part = "token_count" if message.token_count else "content"
+            out.append(FieldViolation(f"{name}.{part}", f"{tokens} tokens: a session holds at most "
+                                                        f"{max_tokens} (max_tokens_per_session)"))
+    return out
+
+
+async def open_store(
+    settings: MemorySettings, clock: Clock = time.time_ns, sweep: bool = True
+) -> MemoryStore:
+    """The backend ``settings`` name, opened, its sweeper started (unless ``sweep`` is false)."""
+    limits = Limits.from_settings(settings)
+    if settings.backend == "redis":
+        from clawmesh.services.memory.redis_store import RedisStore
+
+        store: MemoryStore = await RedisStore.open(
+            settings.redis_url, limits, clock, prefix=settings.redis_key_prefix,
+            durability=settings.redis_durability, configure=settings.redis_configure,
+            timeout_s=settings.redis_timeout_s, max_connections=settings.redis_max_connections)
+    else:
+        from clawmesh.services.memory.sqlite_store import SqliteStore
+
+        store = await SqliteStore.open(settings.data_dir, limits, clock, inline_reads=settings.inline_reads)
+    if sweep:
+        store.start_sweeper()
+    return store

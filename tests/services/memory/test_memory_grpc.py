@@ -1,4 +1,5 @@
-"""In-process gRPC tests: a real memory server on port 0, a real channel, the real chain."""
+"""In-process gRPC tests: a real memory server on port 0, a real channel, the real chain,
+on each backend (SQLite, and Redis from the ``redis_url`` fixture)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from google.rpc import status_pb2
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from clawmesh.services.memory.client import MemoryClient
 from clawmesh.services.memory.main import build
 from clawmesh.shared import metadata as md
 from clawmesh.shared.errors import bad_request_fields
+from clawmesh.shared.rpc.channels import ChannelPool
+from clawmesh.shared.rpcstats import RpcStats
 from clawmesh.shared.settings import MeshSettings
 
 T1 = ((md.TENANT, "t1"),)
@@ -21,9 +25,9 @@ TIMEOUT = 5.0
 
 
 @asynccontextmanager
-async def serve(settings: MeshSettings):
+async def serve(settings: MeshSettings, stats=None):
     """A started memory server for ``settings`` and a stub on a channel to it."""
-    server = await build(settings)
+    server = await build(settings, stats)
     await server.start()
     channel = grpc.aio.insecure_channel(server.address)
     try:
@@ -33,10 +37,23 @@ async def serve(settings: MeshSettings):
         await server.stop(0)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def make_settings(request, tmp_path):
+    """make_settings(ingest=…, **memory) -> MeshSettings with memory on this test's backend."""
+
+    def make(ingest=None, **memory) -> MeshSettings:
+        base = {"port": 0, "data_dir": tmp_path, "sweep_interval_s": 0}
+        if request.param == "redis":
+            base |= {"backend": "redis", "redis_url": request.getfixturevalue("redis_url"),
+                     "redis_durability": "none"}
+        return MeshSettings(memory={**base, **memory}, ingest=ingest or {})
+
+    return make
+
+
 @pytest.fixture
-async def stub(tmp_path):
-    settings = MeshSettings(memory={"port": 0, "data_dir": tmp_path, "max_messages_per_session": 4})
-    async with serve(settings) as stub:
+async def stub(make_settings):
+    async with serve(make_settings(max_messages_per_session=4)) as stub:
         yield stub
 
 
@@ -188,6 +205,7 @@ async def test_list_delete_and_stats(stub):
     assert deleted.deleted_messages == 1
     stats = await stub.Stats(memory_pb2.StatsRequest(), metadata=T1, timeout=TIMEOUT)
     assert (stats.sessions, stats.messages, stats.content_bytes, stats.tokens) == (2, 2, 8, 2)
+    assert (stats.trimmed_messages, stats.expired_sessions, stats.expired_messages) == (0, 0, 0)
 
 
 async def test_invalid_arguments_name_the_field_and_server_keeps_serving(stub):
@@ -295,18 +313,14 @@ async def test_history_after_a_sequence_with_last_sequence_and_epoch(stub):
     assert (missing.last_sequence, missing.session_epoch, len(missing.messages)) == (0, 0, 0)
 
 
-async def test_limits_and_default_tenant_come_from_settings(tmp_path):
-    settings = MeshSettings(
+async def test_limits_and_default_tenant_come_from_settings(make_settings):
+    settings = make_settings(
         ingest={"default_tenant": "acme"},
-        memory={
-            "port": 0,
-            "data_dir": tmp_path,
-            "max_id_chars": 4,
-            "max_content_bytes": 8,
-            "max_batch_messages": 2,
-            "default_page_size": 2,
-            "max_page_size": 3,
-        },
+        max_id_chars=4,
+        max_content_bytes=8,
+        max_batch_messages=2,
+        default_page_size=2,
+        max_page_size=3,
     )
     async with serve(settings) as stub:
         call = dict(metadata=T1, timeout=TIMEOUT)
@@ -338,3 +352,85 @@ async def test_limits_and_default_tenant_come_from_settings(tmp_path):
             memory_pb2.ListSessionsRequest(), metadata=((md.TENANT, "acme"),), timeout=TIMEOUT
         )
         assert [s.session_id for s in acme.sessions] == ["s"]
+
+
+async def test_search_returns_hits_with_sequences_newest_first(stub):
+    call = dict(metadata=T1, timeout=TIMEOUT)
+    texts = ["I like green tea", "coffee", "Tea with milk", "more TEA"]
+    await stub.BatchAppend(memory_pb2.BatchAppendRequest(session_id="s", messages=[chat(t) for t in texts]),
+                           **call)
+    found = await stub.Search(memory_pb2.SearchRequest(session_id="s", query="tea"), **call)
+    assert [(h.sequence, h.message.content) for h in found.hits] == [
+        (4, "more TEA"), (3, "Tea with milk"), (1, "I like green tea")]
+    limited = await stub.Search(memory_pb2.SearchRequest(session_id="s", query="tea", limit=1), **call)
+    assert [h.sequence for h in limited.hits] == [4]
+    assert found.hits[0].message.role == common_pb2.ROLE_USER and found.hits[0].message.token_count == 2
+
+
+async def test_search_arguments_are_checked(stub):
+    call = dict(metadata=T1, timeout=TIMEOUT)
+    S = memory_pb2.SearchRequest
+    await expect_invalid(stub.Search(S(query="tea"), **call), "session_id")
+    await expect_invalid(stub.Search(S(session_id="s"), **call), "query")
+    await expect_invalid(stub.Search(S(session_id="s", query="?!"), **call), "query")
+    await expect_invalid(stub.Search(S(session_id="s", query="x" * 1001), **call), "query")
+    await expect_invalid(stub.Search(S(session_id="s", query="tea", limit=101), **call), "limit")
+    assert len((await stub.Search(S(session_id="none", query="tea"), **call)).hits) == 0
+
+
+async def test_search_is_per_tenant(stub):
+    await stub.Append(memory_pb2.AppendRequest(session_id="s", message=chat("t1 secret")),
+                      metadata=T1, timeout=TIMEOUT)
+    mine = await stub.Search(memory_pb2.SearchRequest(session_id="s", query="secret"), metadata=T1,
+                             timeout=TIMEOUT)
+    theirs = await stub.Search(memory_pb2.SearchRequest(session_id="s", query="secret"), metadata=T2,
+                               timeout=TIMEOUT)
+    assert (len(mine.hits), len(theirs.hits)) == (1, 0)
+
+
+async def test_a_page_token_of_another_tenant_is_invalid(stub):
+    for name in ("a", "b"):
+        for tenant in (T1, T2):
+            await stub.Append(memory_pb2.AppendRequest(session_id=name, message=chat("x")),
+                              metadata=tenant, timeout=TIMEOUT)
+    page = await stub.ListSessions(memory_pb2.ListSessionsRequest(page_size=1), metadata=T1,
+                                   timeout=TIMEOUT)
+    await expect_invalid(stub.ListSessions(
+        memory_pb2.ListSessionsRequest(page_size=1, page_token=page.next_page_token),
+        metadata=T2, timeout=TIMEOUT), "page_token")
+
+
+async def test_token_limits_trim_and_reject(make_settings):
+    async with serve(make_settings(max_tokens_per_session=10)) as stub:
+        call = dict(metadata=T1, timeout=TIMEOUT)
+        A, B = memory_pb2.AppendRequest, memory_pb2.BatchAppendRequest
+        await expect_invalid(stub.Append(A(session_id="s", message=chat("x", token_count=11)), **call),
+                             "message.token_count")
+        too_big = B(session_id="s", messages=[chat("a"), chat("y" * 41)])  # 11 tokens, estimated
+        await expect_invalid(stub.BatchAppend(too_big, **call), "messages[1].content")
+        pair = [chat("a", token_count=6), chat("b", token_count=6)]
+        await stub.BatchAppend(B(session_id="s", messages=pair), **call)
+        history = await stub.GetHistory(memory_pb2.GetHistoryRequest(session_id="s"), **call)
+        assert [m.content for m in history.messages] == ["b"]
+        stats = await stub.Stats(memory_pb2.StatsRequest(), **call)
+        assert (stats.messages, stats.tokens, stats.trimmed_messages) == (1, 6, 1)
+
+
+async def test_memory_client_search_and_gauges(make_settings):
+    stats = RpcStats()
+    settings = make_settings()
+    server = await build(settings, stats)
+    await server.start()
+    pool = ChannelPool(settings)
+    try:
+        memory = pool.client(MemoryClient, server.address)  # Exchange streams, the mesh's own hops
+        await memory.append("s", [chat("green tea"), chat("black tea")], idempotency_key="k")
+        found = await memory.search("s", "tea", limit=1)
+        assert [(h.sequence, h.message.content) for h in found.hits] == [(2, "black tea")]
+        assert len((await memory.search("s", "coffee")).hits) == 0
+        gauges = await stats.collect_gauges()
+        assert gauges["clawmesh.memory.sessions"] == 1
+        assert gauges["clawmesh.memory.trimmed_messages"] == 0
+    finally:
+        await pool.close()
+        await server.stop(0)

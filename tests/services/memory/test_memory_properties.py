@@ -1,15 +1,19 @@
-"""Property: after any appends, history is the newest window of what was appended, in order
-(or of what came after a sequence), and a key repeats only within its session."""
+"""Property, on both backends: after any appends, history is the newest window of what was
+appended, in order (or of what came after a sequence), and a key repeats only within its session."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+import uuid
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clawmesh.services.memory.store import MemoryStore, Message
+from clawmesh.services.memory.records import Limits, Message
+from clawmesh.services.memory.redis_store import RedisStore
+from clawmesh.services.memory.sqlite_store import SqliteStore
 
 # One operation: (session, batch of token counts, idempotency key or "").
 operations = st.lists(
@@ -22,9 +26,14 @@ operations = st.lists(
 )
 
 
-async def _check(window: int, ops, limit: int, budget: int, after: int) -> None:
+async def _check(redis_url: str | None, window: int, ops, limit: int, budget: int, after: int) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
-        store = await MemoryStore.open(data_dir, window)
+        limits = Limits(max_messages=window)
+        if redis_url:  # a fresh key prefix per example: no flush needed
+            store = await RedisStore.open(redis_url, limits, prefix=f"prop:{uuid.uuid4().hex}:",
+                                          durability="none")
+        else:
+            store = await SqliteStore.open(data_dir, limits)
         try:
             model: dict[str, list[tuple[int, str, int]]] = {"s1": [], "s2": []}
             keys: dict[tuple[str, str], list[int]] = {}  # (session, key) -> sequences
@@ -75,7 +84,13 @@ async def _check(window: int, ops, limit: int, budget: int, after: int) -> None:
             await store.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.fixture(params=["sqlite", "redis"])
+def redis_or_none(request):
+    return request.getfixturevalue("redis_server").url if request.param == "redis" else None
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     window=st.integers(min_value=1, max_value=6),
     ops=operations,
@@ -83,5 +98,5 @@ async def _check(window: int, ops, limit: int, budget: int, after: int) -> None:
     budget=st.integers(min_value=0, max_value=30),
     after=st.integers(min_value=0, max_value=20),
 )
-def test_history_is_newest_window_in_order(window, ops, limit, budget, after):
-    asyncio.run(_check(window, ops, limit, budget, after))
+def test_history_is_newest_window_in_order(redis_or_none, window, ops, limit, budget, after):
+    asyncio.run(_check(redis_or_none, window, ops, limit, budget, after))

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from clawmesh.services.memory.records import Message
+from clawmesh.services.memory.records import Limits, Message
 from clawmesh.services.memory.schema import SCHEMA_VERSION
-from clawmesh.services.memory.store import DB_FILE, MemoryStore
+from clawmesh.services.memory.sqlite_store import DB_FILE, SqliteStore
 
 # The schema before versioning (user_version 0), verbatim: keys scoped to (tenant, key).
 OLD_SCHEMA = """
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE INDEX IF NOT EXISTS idempotency_by_session ON idempotency (tenant, session_id);
 """
 FROZEN = 5000  # the clock never moves: epochs must still change
+LIMITS = Limits(max_messages=5, idempotency_ttl_s=60)
 
 
 def frozen() -> int:
@@ -75,7 +76,7 @@ def user_version(data_dir) -> int:
 
 
 async def test_new_database_has_the_current_version(tmp_path):
-    store = await MemoryStore.open(tmp_path, 5)
+    store = await SqliteStore.open(tmp_path, LIMITS)
     await store.close()
     assert user_version(tmp_path) == SCHEMA_VERSION
 
@@ -84,7 +85,7 @@ async def test_old_database_is_migrated_in_place_and_keeps_working(tmp_path):
     data = tmp_path / "data"
     make_old_database(data)
     assert user_version(data) == 0
-    store = await MemoryStore.open(data, 5, clock=frozen)
+    store = await SqliteStore.open(data, LIMITS, frozen)
     try:
         assert user_version(data) == SCHEMA_VERSION
         s1 = await store.history("t", "s1")
@@ -112,7 +113,7 @@ async def test_old_database_is_migrated_in_place_and_keeps_working(tmp_path):
     finally:
         await store.close()
     # Opening the migrated file again changes nothing.
-    store = await MemoryStore.open(data, 5, clock=frozen)
+    store = await SqliteStore.open(data, LIMITS, frozen)
     try:
         assert (await store.append("t", "s1", [Message(2, "a")], "k1")).duplicate is True
         assert (await store.history("t", "s2")).session_epoch == reborn.session_epoch
@@ -121,9 +122,27 @@ async def test_old_database_is_migrated_in_place_and_keeps_working(tmp_path):
 
 
 async def test_a_newer_schema_is_refused(tmp_path):
-    await (await MemoryStore.open(tmp_path, 5)).close()
+    await (await SqliteStore.open(tmp_path, LIMITS)).close()
     db = sqlite3.connect(tmp_path / DB_FILE)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     with pytest.raises(RuntimeError, match="schema version"):
-        await MemoryStore.open(tmp_path, 5)
+        await SqliteStore.open(tmp_path, LIMITS)
+
+
+async def test_migrated_messages_are_searchable_and_old_keys_expire_a_ttl_after_their_session(tmp_path):
+    data = tmp_path / "data"
+    make_old_database(data)  # s1 was last updated at 2000 ns, s2 at FROZEN
+    now = [FROZEN]
+    store = await SqliteStore.open(data, LIMITS, lambda: now[0])
+    try:
+        assert [m.sequence for m in await store.search("t", "s1", "B", 5)] == [2]
+        assert [m.content for m in await store.search("t", "s2", "x", 5)] == ["x"]
+        await store.append("t", "s1", [Message(2, "b again")])
+        assert [m.sequence for m in await store.search("t", "s1", "b", 5)] == [3, 2]
+        now[0] = 2000 + 60 * 10**9  # s1's key k1 is a TTL old now, s2's k2 not yet
+        assert (await store.append("t", "s1", [Message(2, "a")], "k1")).duplicate is False
+        assert (await store.append("t", "s2", [Message(2, "x")], "k2")).duplicate is True
+        assert (await store.stats("t")).trimmed_messages == 0
+    finally:
+        await store.close()

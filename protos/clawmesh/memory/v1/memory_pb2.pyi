@@ -122,16 +122,46 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("sessions", "messages", "content_bytes", "tokens")
+    __slots__ = ("sessions", "messages", "content_bytes", "tokens", "trimmed_messages", "expired_sessions", "expired_messages")
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     CONTENT_BYTES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRIMMED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_MESSAGES_FIELD_NUMBER: _ClassVar[int]
     sessions: int
     messages: int
     content_bytes: int
     tokens: int
-    def __init__(self, sessions: _Optional[int] = ..., messages: _Optional[int] = ..., content_bytes: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+    trimmed_messages: int
+    expired_sessions: int
+    expired_messages: int
+    def __init__(self, sessions: _Optional[int] = ..., messages: _Optional[int] = ..., content_bytes: _Optional[int] = ..., tokens: _Optional[int] = ..., trimmed_messages: _Optional[int] = ..., expired_sessions: _Optional[int] = ..., expired_messages: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("session_id", "query", "limit")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    query: str
+    limit: int
+    def __init__(self, session_id: _Optional[str] = ..., query: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SearchHit(_message.Message):
+    __slots__ = ("sequence", "message")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    message: _common_pb2.ChatMessage
+    def __init__(self, sequence: _Optional[int] = ..., message: _Optional[_Union[_common_pb2.ChatMessage, _Mapping]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class ExchangeRequest(_message.Message):
     __slots__ = ("frames",)

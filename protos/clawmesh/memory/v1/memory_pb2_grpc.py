@@ -27,7 +27,9 @@ if _version_not_supported:
 
 class MemoryServiceStub:
     """MemoryService stores conversation history durably: an Append that returned
-    OK survives a crash of the service.
+    OK survives a crash of the service. A session keeps at most the service's
+    max_messages_per_session messages and max_tokens_per_session tokens (the
+    oldest are trimmed on append) and expires after session_ttl_s idle.
     """
 
     def __init__(self, channel):
@@ -66,6 +68,11 @@ class MemoryServiceStub:
                 request_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsRequest.SerializeToString,
                 response_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/clawmesh.memory.v1.MemoryService/Search',
+                request_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.SearchRequest.SerializeToString,
+                response_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.SearchResponse.FromString,
+                _registered_method=True)
         self.Exchange = channel.stream_stream(
                 '/clawmesh.memory.v1.MemoryService/Exchange',
                 request_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeRequest.SerializeToString,
@@ -75,7 +82,9 @@ class MemoryServiceStub:
 
 class MemoryServiceServicer:
     """MemoryService stores conversation history durably: an Append that returned
-    OK survives a crash of the service.
+    OK survives a crash of the service. A session keeps at most the service's
+    max_messages_per_session messages and max_tokens_per_session tokens (the
+    oldest are trimmed on append) and expires after session_ttl_s idle.
     """
 
     def Append(self, request, context):
@@ -100,19 +109,29 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a session with its messages. NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The tenant's sessions, by id, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Stats(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Totals over the tenant's sessions, and what limits and expiry removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """The messages of a session holding every word of a query, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -158,6 +177,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     request_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsRequest.FromString,
                     response_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsResponse.SerializeToString,
             ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.SearchRequest.FromString,
+                    response_serializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.SearchResponse.SerializeToString,
+            ),
             'Exchange': grpc.stream_stream_rpc_method_handler(
                     servicer.Exchange,
                     request_deserializer=clawmesh_dot_memory_dot_v1_dot_memory__pb2.ExchangeRequest.FromString,
@@ -173,7 +197,9 @@ def add_MemoryServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class MemoryService:
     """MemoryService stores conversation history durably: an Append that returned
-    OK survives a crash of the service.
+    OK survives a crash of the service. A session keeps at most the service's
+    max_messages_per_session messages and max_tokens_per_session tokens (the
+    oldest are trimmed on append) and expires after session_ttl_s idle.
     """
 
     @staticmethod
@@ -328,6 +354,33 @@ class MemoryService:
             '/clawmesh.memory.v1.MemoryService/Stats',
             clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsRequest.SerializeToString,
             clawmesh_dot_memory_dot_v1_dot_memory__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clawmesh.memory.v1.MemoryService/Search',
+            clawmesh_dot_memory_dot_v1_dot_memory__pb2.SearchRequest.SerializeToString,
+            clawmesh_dot_memory_dot_v1_dot_memory__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
