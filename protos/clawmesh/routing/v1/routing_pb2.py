@@ -26,7 +26,7 @@ from clawmesh.common.v1 import common_pb2 as clawmesh_dot_common_dot_v1_dot_comm
 from clawmesh.common.v1 import exchange_pb2 as clawmesh_dot_common_dot_v1_dot_exchange__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/routing/v1/routing.proto\x12\x13\x63lawmesh.routing.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\"\x85\x01\n\rRouteDecision\x12\x12\n\nroute_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11\x66\x61llback_backends\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rhistory_limit\x18\x06 \x01(\r\"F\n\x0f\x44ispatchRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"o\n\x10\x44ispatchResponse\x12(\n\x05reply\x18\x01 \x01(\x0b\x32\x19.clawmesh.common.v1.Reply\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"L\n\x15\x44ispatchStreamRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"z\n\x16\x44ispatchStreamResponse\x12-\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1e.clawmesh.common.v1.ReplyChunk\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"E\n\x0e\x45xplainRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"D\n\x0f\x45xplainResponse\x12\x31\n\x05route\x18\x01 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame2\x8e\x03\n\x0eRoutingService\x12W\n\x08\x44ispatch\x12$.clawmesh.routing.v1.DispatchRequest\x1a%.clawmesh.routing.v1.DispatchResponse\x12k\n\x0e\x44ispatchStream\x12*.clawmesh.routing.v1.DispatchStreamRequest\x1a+.clawmesh.routing.v1.DispatchStreamResponse0\x01\x12Y\n\x07\x45xplain\x12#.clawmesh.routing.v1.ExplainRequest\x1a$.clawmesh.routing.v1.ExplainResponse\"\x03\x90\x02\x01\x12[\n\x08\x45xchange\x12$.clawmesh.routing.v1.ExchangeRequest\x1a%.clawmesh.routing.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!clawmesh/routing/v1/routing.proto\x12\x13\x63lawmesh.routing.v1\x1a\x1f\x63lawmesh/common/v1/common.proto\x1a!clawmesh/common/v1/exchange.proto\"\x8d\x02\n\rRouteDecision\x12\x12\n\nroute_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x19\n\x11\x66\x61llback_backends\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rhistory_limit\x18\x06 \x01(\r\x12\x31\n\x07targets\x18\x07 \x03(\x0b\x32 .clawmesh.routing.v1.RouteTarget\x12\x33\n\x08\x61\x66\x66inity\x18\x08 \x01(\x0b\x32!.clawmesh.routing.v1.AffinityInfo\x12\r\n\x05\x61gent\x18\t \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\n \x01(\t\"\xc9\x01\n\x0bRouteTarget\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0ctoken_budget\x18\x03 \x01(\r\x12\x15\n\rsystem_prompt\x18\x04 \x01(\t\x12\x0f\n\x07primary\x18\x05 \x01(\x08\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x17\n\x0flatency_ewma_ms\x18\x07 \x01(\x01\x12\x11\n\tavailable\x18\x08 \x01(\x08\x12\x12\n\nretry_in_s\x18\t \x01(\x01\x12\x0c\n\x04note\x18\n \x01(\t\"\x96\x01\n\x0c\x41\x66\x66inityInfo\x12\x33\n\x06status\x18\x01 \x01(\x0e\x32#.clawmesh.routing.v1.AffinityStatus\x12\x0c\n\x04home\x18\x02 \x01(\t\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\t\x12\x1a\n\x12home_healthy_for_s\x18\x04 \x01(\x01\x12\x16\n\x0ereturn_after_s\x18\x05 \x01(\x01\"\xa1\x01\n\x08\x46\x61ilover\x12\x14\n\x0c\x66rom_backend\x18\x01 \x01(\t\x12\x12\n\nfrom_model\x18\x02 \x01(\t\x12\x12\n\nto_backend\x18\x03 \x01(\t\x12\x10\n\x08to_model\x18\x04 \x01(\t\x12\x0c\n\x04\x63ode\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x13\n\x0b\x61\x66ter_chars\x18\x07 \x01(\r\x12\x11\n\tcontinued\x18\x08 \x01(\x08\"\x89\x01\n\x0eToolInvocation\x12\x11\n\titeration\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x07 \x01(\x01\"\x98\x01\n\x08\x41gentRun\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .clawmesh.routing.v1.AgentStatus\x12\x12\n\niterations\x18\x03 \x01(\r\x12\x37\n\ntool_calls\x18\x04 \x03(\x0b\x32#.clawmesh.routing.v1.ToolInvocation\"F\n\x0f\x44ispatchRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"\xcf\x01\n\x10\x44ispatchResponse\x12(\n\x05reply\x18\x01 \x01(\x0b\x32\x19.clawmesh.common.v1.Reply\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\x12\x30\n\tfailovers\x18\x03 \x03(\x0b\x32\x1d.clawmesh.routing.v1.Failover\x12,\n\x05\x61gent\x18\x04 \x01(\x0b\x32\x1d.clawmesh.routing.v1.AgentRun\"L\n\x15\x44ispatchStreamRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"\xda\x01\n\x16\x44ispatchStreamResponse\x12-\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x1e.clawmesh.common.v1.ReplyChunk\x12\x31\n\x05route\x18\x02 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\x12\x30\n\tfailovers\x18\x03 \x03(\x0b\x32\x1d.clawmesh.routing.v1.Failover\x12,\n\x05\x61gent\x18\x04 \x01(\x0b\x32\x1d.clawmesh.routing.v1.AgentRun\"E\n\x0e\x45xplainRequest\x12\x33\n\x07message\x18\x01 \x01(\x0b\x32\".clawmesh.common.v1.InboundMessage\"D\n\x0f\x45xplainResponse\x12\x31\n\x05route\x18\x01 \x01(\x0b\x32\".clawmesh.routing.v1.RouteDecision\"<\n\x0f\x45xchangeRequest\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame\"=\n\x10\x45xchangeResponse\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.clawmesh.common.v1.Frame*\xb7\x01\n\x0e\x41\x66\x66inityStatus\x12\x1f\n\x1b\x41\x46\x46INITY_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41\x46\x46INITY_STATUS_OFF\x10\x01\x12\x17\n\x13\x41\x46\x46INITY_STATUS_NEW\x10\x02\x12\x18\n\x14\x41\x46\x46INITY_STATUS_HELD\x10\x03\x12\x19\n\x15\x41\x46\x46INITY_STATUS_MOVED\x10\x04\x12\x1d\n\x19\x41\x46\x46INITY_STATUS_RETURNING\x10\x05*h\n\x0b\x41gentStatus\x12\x1c\n\x18\x41GENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GENT_STATUS_COMPLETED\x10\x01\x12\x1f\n\x1b\x41GENT_STATUS_MAX_ITERATIONS\x10\x02\x32\x8e\x03\n\x0eRoutingService\x12W\n\x08\x44ispatch\x12$.clawmesh.routing.v1.DispatchRequest\x1a%.clawmesh.routing.v1.DispatchResponse\x12k\n\x0e\x44ispatchStream\x12*.clawmesh.routing.v1.DispatchStreamRequest\x1a+.clawmesh.routing.v1.DispatchStreamResponse0\x01\x12Y\n\x07\x45xplain\x12#.clawmesh.routing.v1.ExplainRequest\x1a$.clawmesh.routing.v1.ExplainResponse\"\x03\x90\x02\x01\x12[\n\x08\x45xchange\x12$.clawmesh.routing.v1.ExchangeRequest\x1a%.clawmesh.routing.v1.ExchangeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROUTINGSERVICE'].methods_by_name['Explain']._loaded_options = None
   _globals['_ROUTINGSERVICE'].methods_by_name['Explain']._serialized_options = b'\220\002\001'
+  _globals['_AFFINITYSTATUS']._serialized_start=2062
+  _globals['_AFFINITYSTATUS']._serialized_end=2245
+  _globals['_AGENTSTATUS']._serialized_start=2247
+  _globals['_AGENTSTATUS']._serialized_end=2351
   _globals['_ROUTEDECISION']._serialized_start=127
-  _globals['_ROUTEDECISION']._serialized_end=260
-  _globals['_DISPATCHREQUEST']._serialized_start=262
-  _globals['_DISPATCHREQUEST']._serialized_end=332
-  _globals['_DISPATCHRESPONSE']._serialized_start=334
-  _globals['_DISPATCHRESPONSE']._serialized_end=445
-  _globals['_DISPATCHSTREAMREQUEST']._serialized_start=447
-  _globals['_DISPATCHSTREAMREQUEST']._serialized_end=523
-  _globals['_DISPATCHSTREAMRESPONSE']._serialized_start=525
-  _globals['_DISPATCHSTREAMRESPONSE']._serialized_end=647
-  _globals['_EXPLAINREQUEST']._serialized_start=649
-  _globals['_EXPLAINREQUEST']._serialized_end=718
-  _globals['_EXPLAINRESPONSE']._serialized_start=720
-  _globals['_EXPLAINRESPONSE']._serialized_end=788
-  _globals['_EXCHANGEREQUEST']._serialized_start=790
-  _globals['_EXCHANGEREQUEST']._serialized_end=850
-  _globals['_EXCHANGERESPONSE']._serialized_start=852
-  _globals['_EXCHANGERESPONSE']._serialized_end=913
-  _globals['_ROUTINGSERVICE']._serialized_start=916
-  _globals['_ROUTINGSERVICE']._serialized_end=1314
+  _globals['_ROUTEDECISION']._serialized_end=396
+  _globals['_ROUTETARGET']._serialized_start=399
+  _globals['_ROUTETARGET']._serialized_end=600
+  _globals['_AFFINITYINFO']._serialized_start=603
+  _globals['_AFFINITYINFO']._serialized_end=753
+  _globals['_FAILOVER']._serialized_start=756
+  _globals['_FAILOVER']._serialized_end=917
+  _globals['_TOOLINVOCATION']._serialized_start=920
+  _globals['_TOOLINVOCATION']._serialized_end=1057
+  _globals['_AGENTRUN']._serialized_start=1060
+  _globals['_AGENTRUN']._serialized_end=1212
+  _globals['_DISPATCHREQUEST']._serialized_start=1214
+  _globals['_DISPATCHREQUEST']._serialized_end=1284
+  _globals['_DISPATCHRESPONSE']._serialized_start=1287
+  _globals['_DISPATCHRESPONSE']._serialized_end=1494
+  _globals['_DISPATCHSTREAMREQUEST']._serialized_start=1496
+  _globals['_DISPATCHSTREAMREQUEST']._serialized_end=1572
+  _globals['_DISPATCHSTREAMRESPONSE']._serialized_start=1575
+  _globals['_DISPATCHSTREAMRESPONSE']._serialized_end=1793
+  _globals['_EXPLAINREQUEST']._serialized_start=1795
+  _globals['_EXPLAINREQUEST']._serialized_end=1864
+  _globals['_EXPLAINRESPONSE']._serialized_start=1866
+  _globals['_EXPLAINRESPONSE']._serialized_end=1934
+  _globals['_EXCHANGEREQUEST']._serialized_start=1936
+  _globals['_EXCHANGEREQUEST']._serialized_end=1996
+  _globals['_EXCHANGERESPONSE']._serialized_start=1998
+  _globals['_EXCHANGERESPONSE']._serialized_end=2059
+  _globals['_ROUTINGSERVICE']._serialized_start=2354
+  _globals['_ROUTINGSERVICE']._serialized_end=2752
 # @@protoc_insertion_point(module_scope)
