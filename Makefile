@@ -85,6 +85,14 @@ lint: setup
 test: setup k8s-tools system-deps lint check-protos
 	$(PY) -m pytest
 
+# Hostile input at the front door, longer: FUZZ_EXAMPLES examples per property (make test: 100).
+.PHONY: fuzz
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider -s --timeout=1800 \
+	  tests/security/test_front_door_fuzz.py \
+	  tests/system/test_security_processes.py -k "fuzz or hostile or bystanders"
+
 # The manifests alone: every overlay rendered, schema-validated, checkov'd, policies checked.
 k8s-validate: setup k8s-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests/k8s

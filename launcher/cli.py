@@ -9,6 +9,9 @@
     clawmesh trace --list --slowest  the slowest recent traces (or --errored)
     clawmesh config check            validate settings (env + CLAWMESH_CONFIG file)
     clawmesh load CONFIG             ghz-compatible load run (see loadtest/README.md)
+    clawmesh certs --out certs       a dev CA + a certificate per service (TLS, mTLS)
+    clawmesh keys new --tenant acme  a new API key and the hash to configure
+    clawmesh keys hash < key.txt     the hash of a key (read from stdin, never an argument)
 
 Settings come from CLAWMESH_* variables and an optional YAML file
 (``--config`` or CLAWMESH_CONFIG); see README.md.
@@ -33,8 +36,18 @@ def _settings(args):
 
 def cmd_serve(args) -> int:
     from clawmesh.launcher.runner import serve
+    from clawmesh.shared.security import Security, SecurityError, activate
 
-    return serve(args.service, _settings(args))
+    settings = _settings(args)
+    try:  # the process's identity and secrets, checked before anything starts
+        security = Security(settings.security, args.service)
+        if args.service == "ingest":
+            security.keys()
+    except SecurityError as exc:
+        print(f"clawmesh: {exc}", file=sys.stderr)
+        return 2
+    activate(security)
+    return serve(args.service, settings)
 
 
 def cmd_up(args) -> int:
@@ -115,7 +128,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_health(args) -> int:
-    from clawmesh.launcher.mesh import health_status
+    from clawmesh.launcher.mesh import health_status, tool_credentials
     from clawmesh.services.registry import by_name
 
     settings = _settings(args)
@@ -127,12 +140,14 @@ def cmd_health(args) -> int:
 
     async def check():
         return names, await asyncio.gather(
-            *(health_status(settings.server(n).target(), by_name(n).grpc_name, args.timeout)
+            *(health_status(settings.server(n).target(), by_name(n).grpc_name, args.timeout,
+                            tool_credentials(settings, n))
               for n in names)
         )
 
     names, statuses = asyncio.run(check())
-    snapshot = asyncio.run(_snapshot(settings.metrics.target(), args.timeout)) if args.verbose else None
+    snapshot = (asyncio.run(_snapshot(settings.metrics.target(), args.timeout,
+                                      tool_credentials(settings, "metrics"))) if args.verbose else None)
     for name, status in zip(names, statuses, strict=True):
         print(f"{name:<9} {settings.server(name).target():<22} {status}")
         if snapshot is None:
@@ -150,13 +165,15 @@ def cmd_health(args) -> int:
     return 0 if all(s == "SERVING" for s in statuses) else 1
 
 
-async def _snapshot(target: str, timeout_s: float):
+async def _snapshot(target: str, timeout_s: float, credentials=None):
     """The metrics service's snapshot (per-service figures and gauges), or None."""
     import grpc
 
     from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel = (grpc.aio.insecure_channel(target) if credentials is None
+               else grpc.aio.secure_channel(target, credentials))
+    async with channel:
         try:
             return await metrics_pb2_grpc.MetricsServiceStub(channel).GetSnapshot(
                 metrics_pb2.GetSnapshotRequest(), timeout=timeout_s)
@@ -220,20 +237,65 @@ async def _trace(args, target: str, as_list: bool) -> int:
 
 
 def cmd_config_check(args) -> int:
+    from clawmesh.services.routing.rules import RulesError, check_rules
     from clawmesh.shared.policy import PolicyError, load_policy
 
     settings = _settings(args)
     try:
         policy = load_policy(settings.ingest.policy_file)
-    except PolicyError as exc:
+        check_rules(settings)
+    except (PolicyError, RulesError) as exc:
         print(f"clawmesh: {exc}", file=sys.stderr)
         return 2
     print("settings OK" + (f"; policy {settings.ingest.policy_file} OK"
-                           if settings.ingest.policy_file else ""))
+                           if settings.ingest.policy_file else "")
+          + (f"; rules {settings.routing.rules_file} OK" if settings.routing.rules_file else ""))
     if args.show:
         print(settings.model_dump_json(indent=2))
         if settings.ingest.policy_file:
             print(policy.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_certs(args) -> int:
+    from pathlib import Path
+
+    from clawmesh.shared.security.certs import CA_DIR, CLIENT, write_dev_certs
+
+    out = Path(args.out)
+    kept = (out / CA_DIR / "tls.key").exists() and not args.new_ca
+    written = write_dev_certs(out, SERVICES, args.namespace or ["clawmesh", "clawmesh-dev"], args.days,
+                              new_ca_=args.new_ca)
+    dirs = sorted({p.parent.name for p in written})
+    print(f"wrote {len(written)} files in {out}: {', '.join(d + '/' for d in dirs)}"
+          f" ({'the CA in ' + CA_DIR + '/ kept' if kept else 'a new CA'}; {CLIENT}/ is the CLI's identity)")
+    print(f"use them: CLAWMESH_SECURITY__CERT_DIR={out} CLAWMESH_SECURITY__TLS=true "
+          "CLAWMESH_SECURITY__MTLS=true clawmesh up")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from clawmesh.shared.security import SecurityError, hash_key, new_key
+    from clawmesh.shared.security.keys import pepper_of
+
+    try:
+        pepper = pepper_of(_settings(args).security)
+    except SecurityError as exc:
+        print(f"clawmesh: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "hash":
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("clawmesh keys hash: give the key on stdin (never as an argument)", file=sys.stderr)
+            return 2
+        print(hash_key(key, pepper))
+        return 0
+    key = new_key()
+    entry = f'hash: "{hash_key(key, pepper)}"'
+    if args.label:
+        entry += f", label: {args.label!r}"
+    print(f"key: {key}\n(give it to the tenant now: only its hash is kept)\n"
+          f"add under security.api_keys (or to the keys file):\n  {args.tenant}:\n    - {{{entry}}}")
     return 0
 
 
@@ -296,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["check"])
     p.add_argument("--show", action="store_true", help="print the effective settings")
     p.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("certs", help="a dev CA and a certificate per service (cert-manager file names)")
+    p.add_argument("--out", required=True, help="directory: ca/, one per service, client/")
+    p.add_argument("--namespace", action="append",
+                   help="Kubernetes namespace in the names (repeat; default: clawmesh, clawmesh-dev)")
+    p.add_argument("--days", type=float, default=365, help="validity of the service certificates")
+    p.add_argument("--new-ca", action="store_true", help="replace the CA in DIR/ca (else it is reused)")
+    p.set_defaults(func=cmd_certs)
+
+    p = sub.add_parser("keys", help="API keys: `new` makes one, `hash` hashes one read from stdin")
+    p.add_argument("action", choices=["new", "hash"])
+    p.add_argument("--tenant", default="default", help="the tenant of a new key (for the snippet)")
+    p.add_argument("--label", default="", help="a name for the new key, e.g. 2026-11")
+    p.set_defaults(func=cmd_keys)
 
     sub.add_parser("load", help="ghz-compatible load run (clawmesh load --help)", add_help=False)
     return parser

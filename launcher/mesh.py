@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clawmesh.services.registry import NAMES as SERVICES
 from clawmesh.services.registry import START_ORDER, by_name
+from clawmesh.shared.security import Security
 from clawmesh.shared.settings import MeshSettings, load_settings
 
 # stop() runs START_ORDER (leaves first) reversed: edge first, so a draining service's
@@ -29,9 +30,17 @@ from clawmesh.shared.settings import MeshSettings, load_settings
 STOP_MARGIN_S = 2.0
 
 
-async def health_status(target: str, service: str = "", timeout_s: float = 1.0) -> str:
+def tool_credentials(settings: MeshSettings, name: str) -> grpc.ChannelCredentials | None:
+    """How the CLI (identity ``client`` in ``security.cert_dir``) reaches service ``name``."""
+    return Security(settings.security).channel_credentials(edge=name == "ingest")
+
+
+async def health_status(target: str, service: str = "", timeout_s: float = 1.0,
+                        credentials: grpc.ChannelCredentials | None = None) -> str:
     """The grpc.health.v1 status name of ``service`` at ``target`` (or UNREACHABLE / error)."""
-    async with grpc.aio.insecure_channel(target) as channel:
+    channel = (grpc.aio.insecure_channel(target) if credentials is None
+               else grpc.aio.secure_channel(target, credentials))
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
@@ -81,7 +90,8 @@ class MeshProcesses:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is not None:
                 raise MeshError(f"{name} exited with code {proc.returncode} while starting")
-            status = await health_status(self.target(name), by_name(name).grpc_name, timeout_s=0.5)
+            status = await health_status(self.target(name), by_name(name).grpc_name, timeout_s=0.5,
+                                         credentials=tool_credentials(self.settings, name))
             if status == "SERVING":
                 return time.monotonic() - started
             if time.monotonic() - started > timeout_s:

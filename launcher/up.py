@@ -7,6 +7,7 @@ import signal
 import sys
 
 from clawmesh.launcher.mesh import START_ORDER, MeshError, MeshProcesses, child_env
+from clawmesh.shared.security import Security
 
 
 async def run_up(env: dict[str, str]) -> int:
@@ -29,6 +30,10 @@ async def run_up(env: dict[str, str]) -> int:
     print(f"\nClawMesh is up ({took:.2f}s); every service is SERVING:")
     for name in START_ORDER:
         print(f"  {name:<9} {mesh.target(name)}")
+    security = Security(s.security)
+    holes = [*security.insecure(edge=True), *security.insecure(edge=False)]
+    if holes:  # loudly: the defaults are for a laptop, not for a network
+        print("\n!! INSECURE DEV MODE (README: Security) !!" + "".join(f"\n  - {h}" for h in holes))
     print(
         f"\nmemory data: {s.memory.data_dir.resolve()}\n"
         "\nTalk to it:\n"

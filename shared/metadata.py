@@ -20,6 +20,10 @@ language set these as ordinary gRPC metadata.
 | x-clawmesh-trace-id        | trailing (Submit,  | the message's trace id (32 hex digits) when   |
 |                            | SubmitStream)      | tracing is on; recorded if sampled            |
 | grpc-status-details-bin    | trailing           | google.rpc.Status with rich error details     |
+| authorization              | request (ingest)   | ``Bearer <API key>``; never passed on         |
+|                            |                    | (shared.security: the tenant comes from it)   |
+| x-clawmesh-mesh-token      | request, internal  | the mesh token, when one is set and TLS is    |
+|                            | services           | off; added by the channels, never propagated  |
 """
 
 from __future__ import annotations

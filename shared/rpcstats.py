@@ -402,7 +402,9 @@ class OtlpStatsExporter:
             gauges = await self.stats.collect_gauges(self.timeout_s / 2)
             request = build_export_request(self.stats, self.resource, self.clock_ns(), gauges)
             if self._stub is None:
-                self._channel = grpc.aio.insecure_channel(self.endpoint)
+                from clawmesh.shared.security import active  # TLS / mesh token as configured
+
+                self._channel = active().channel(self.endpoint)
                 self._stub = otlp_metrics_grpc.MetricsServiceStub(self._channel)
             # The deadline tells the server; wait_for bounds the whole call here.
             remaining = max(deadline - loop.time(), self.timeout_s / 2)

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 ENV_PREFIX = "CLAWMESH_"
 CONFIG_ENV = "CLAWMESH_CONFIG"
@@ -53,6 +62,17 @@ class ServerSettings(_Strict):
         "stream_max_age_s + call_timeout_s so an Exchange stream is never cut mid-call",
     )
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    prometheus_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="HTTP port of the Prometheus /metrics endpoint, on host (0: any free port). "
+        "None, the default: off, so services and replicas on one host never clash; the "
+        "Kubernetes manifests set 9464 (shared/prometheus.py)")
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> ServerSettings:
+        if self.prometheus_port and self.prometheus_port == self.port:
+            raise ValueError(f"prometheus_port and port are both {self.port}")
+        return self
 
     def target(self) -> str:
         return self.address or f"{self.host}:{self.port}"
@@ -82,6 +102,12 @@ class RoutingSettings(ServerSettings):
         10_000, ge=0, description="sessions whose history routing caches (0: no cache)"
     )
     history_cache_ttl_s: float = Field(600.0, gt=0, description="idle time before an entry goes")
+    rules_file: Path | None = Field(
+        None, description="routing rules YAML (routes, fallback chains, affinity, agents); none: "
+        "one route to default_backend (README, \"Routing, failover and agents\"); SIGHUP re-reads it")
+    affinity_sessions: int = Field(
+        100_000, ge=1, description="sessions whose backend pin routing keeps (least recently used go)")
+    affinity_ttl_s: float = Field(86_400.0, gt=0, description="an idle session's pin is forgotten after")
 
 
 def _by_kind(*classes: type[_Strict]) -> BeforeValidator:
@@ -200,6 +226,9 @@ class _BackendBase(_Strict):
     total_timeout_s: float | None = Field(600.0, gt=0, description="a whole call")
     breaker: BackendBreakerSettings = Field(default_factory=BackendBreakerSettings)
     retry: BackendRetrySettings = Field(default_factory=BackendRetrySettings)
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="sampling temperature when a request sets none (an openai "
+        "backend sends it); none: the server's default. 0 lets the response cache keep its replies")
 
 
 class MockBackendConfig(_BackendBase):
@@ -248,6 +277,17 @@ BackendConfig = Annotated[
 ]
 
 
+class ResponseCacheSettings(_Strict):
+    """The provider's response cache: in process (L1), then Redis shared by every replica (L2)."""
+
+    enabled: bool = True
+    ttl_s: float = Field(3600.0, gt=0, description="an entry's lifetime, in L1 and in Redis")
+    l1_max_entries: int = Field(10_000, ge=1, description="in-process entries; least recently used go")
+    redis_url: str = Field("", pattern=r"^(rediss?://.+)?$", description="L2; empty: L1 only")
+    op_timeout_ms: float = Field(
+        50.0, gt=0, description="a Redis operation's bound; past it the call goes on without L2")
+
+
 class ProviderSettings(ServerSettings):
     """The provider service. No ``backends``: one mock named "mock" from the ``mock_*`` fields."""
 
@@ -259,6 +299,7 @@ class ProviderSettings(ServerSettings):
     backends: dict[str, BackendConfig] = Field(
         default_factory=dict, description="by name; a discriminated union on `kind`"
     )
+    cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
 
     def backend_configs(self) -> dict[str, MockBackendConfig | OpenAIBackendConfig]:
         """The configured backends, or the default mock when none are."""
@@ -279,13 +320,38 @@ class ProviderSettings(ServerSettings):
 
 
 class MemorySettings(ServerSettings):
-    """The memory service; its tenant fallback is ``ingest.default_tenant``."""
+    """The memory service; its tenant fallback is ``ingest.default_tenant``.
+
+    ``backend`` ``sqlite`` keeps history in ``data_dir`` (one process); ``redis``
+    in ``redis_url``, shared by every memory replica (README "Memory backends").
+    """
 
     port: int = 50054
+    backend: Literal["sqlite", "redis"] = Field("sqlite", description="where history is kept")
     data_dir: Path = Path("data")
+    redis_url: str = Field("", description="the Redis of backend redis, e.g. redis://redis:6379/0")
+    redis_key_prefix: str = Field("clawmesh:memory:", min_length=1, description="prefix of every key")
+    redis_durability: Literal["always", "everysec", "none"] = Field(
+        "always", description="weakest Redis AOF fsync policy accepted at start (none: AOF not required)")
+    redis_configure: bool = Field(
+        False, description="CONFIG SET a less durable Redis to redis_durability instead of refusing it")
+    redis_timeout_s: float = Field(2.0, gt=0, description="connect and reply timeout of Redis calls")
+    redis_max_connections: int = Field(
+        32, ge=1, description="Redis connections per memory process; more concurrent calls wait")
     max_messages_per_session: int = Field(
         200, ge=1, description="window: older messages of a session are dropped"
     )
+    max_tokens_per_session: int = Field(
+        200_000, ge=1, description="a session's stored tokens; older messages are dropped beyond")
+    session_ttl_s: float = Field(
+        30 * 86400, ge=0, description="an idle session expires after this (0: never)")
+    idempotency_ttl_s: float = Field(86400, gt=0, description="how long an idempotency key is remembered")
+    sweep_interval_s: float = Field(60, ge=0, description="expired sessions and keys are removed this often "
+                                    "(0: no sweeper)")
+    sweep_batch: int = Field(500, ge=1, description="sessions removed per sweeper step")
+    default_search_results: int = Field(10, ge=1, description="Search results when limit is 0")
+    max_search_results: int = Field(100, ge=1, description="largest Search limit allowed")
+    max_query_chars: int = Field(1000, ge=1, description="length of a Search query")
     max_id_chars: int = Field(256, ge=1, description="session id and idempotency key length")
     max_content_bytes: int = Field(
         256 * 1024, ge=1, description="UTF-8 size of one message's content"
@@ -296,6 +362,12 @@ class MemorySettings(ServerSettings):
     inline_reads: bool = Field(
         True, description="run reads on the event loop (bounded, WAL: no thread hop per read)"
     )
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> MemorySettings:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("redis_url is required when backend is redis")
+        return self
 
 
 class MetricsSettings(ServerSettings):
@@ -332,6 +404,73 @@ class BreakerSettings(BackendBreakerSettings):
     enabled: bool = False
 
 
+class ApiKeySettings(_Strict):
+    """One API key of a tenant: its hash (``clawmesh keys hash``), never the key itself."""
+
+    hash: str = Field(..., pattern=r"^(sha256|hmac-sha256):[0-9a-f]{64}$",
+                      description="sha256:<hex> (no pepper) or hmac-sha256:<hex> (with key_pepper)")
+    not_after: AwareDatetime | None = Field(
+        None, description="the key stops working at this time (a rotation's old key)")
+    label: str = Field("", max_length=64, description="a name for operators and logs, e.g. 2026-11")
+
+    def expires(self) -> float | None:
+        return None if self.not_after is None else self.not_after.timestamp()
+
+
+class SecuritySettings(_Strict):
+    """Who may call (README "Security"): API keys at the edge, TLS outside, mTLS inside.
+
+    The defaults are the insecure dev mode: no keys (any caller may claim any tenant),
+    plaintext everywhere, internal services open to whoever reaches their ports.
+    """
+
+    auth: Literal["dev", "api_key"] = Field(
+        "dev", description="api_key: every ingest call needs `authorization: Bearer <key>` and its "
+        "tenant comes from the key; dev: none needed, the tenant is what the caller claims")
+    api_keys: dict[str, list[ApiKeySettings]] = Field(
+        default_factory=dict, description="by tenant: its valid keys (two at once during a rotation)")
+    api_keys_file: Path | None = Field(
+        None, description="YAML of the same shape as api_keys (e.g. a mounted Secret), added to them; "
+        "re-read when it changes")
+    keys_reload_s: float = Field(5.0, gt=0, description="how often api_keys_file is checked for changes")
+    key_pepper: SecretStr = Field(
+        SecretStr(""), description="secret key of the keys' HMAC-SHA256 hashes; empty: plain SHA-256")
+    key_pepper_file: Path | None = Field(None, description="the pepper read from this file instead")
+    tls: bool = Field(False, description="ingest's external port serves TLS (cert_dir/ingest)")
+    mtls: bool = Field(
+        False, description="routing, memory, provider and metrics serve TLS and accept only clients "
+        "with a certificate of the mesh CA; every mesh call presents cert_dir/<service>")
+    cert_dir: Path = Field(
+        Path("certs"), description="one directory per identity: <service>/ and client/ (the CLI), "
+        "each with tls.crt, tls.key, ca.crt (cert-manager's names); re-read when they change")
+    mesh_token: SecretStr = Field(
+        SecretStr(""), description="when set, internal services refuse calls without it "
+        "(x-clawmesh-mesh-token); the mesh identity when TLS is off")
+    mesh_token_file: Path | None = Field(None, description="the mesh token read from this file instead")
+    health_port: int | None = Field(
+        None, ge=0, le=65535, description="with TLS on: a plaintext port serving only grpc.health.v1 "
+        "(Kubernetes gRPC probes speak no TLS); the same in every pod; none: off")
+    max_metadata_bytes: int = Field(
+        8192, ge=1024, description="a call's metadata (headers) larger than this is refused "
+        "(RESOURCE_EXHAUSTED) by gRPC itself")
+    max_concurrent_streams: int | None = Field(
+        None, ge=1, description="calls open at once per connection (HTTP/2); a client's extra calls "
+        "wait on its side; none: gRPC's default (no limit)")
+
+    @model_validator(mode="after")
+    def _keys_match_auth(self) -> SecuritySettings:
+        has_keys = bool(self.api_keys) or self.api_keys_file is not None
+        if self.auth == "api_key" and not has_keys:
+            raise ValueError("auth is api_key but no api_keys or api_keys_file is set")
+        if self.auth == "dev" and has_keys:
+            raise ValueError("api keys are set but auth is dev (no key is checked): set auth: api_key")
+        if self.key_pepper.get_secret_value() and self.key_pepper_file is not None:
+            raise ValueError("set key_pepper or key_pepper_file, not both")
+        if self.mesh_token.get_secret_value() and self.mesh_token_file is not None:
+            raise ValueError("set mesh_token or mesh_token_file, not both")
+        return self
+
+
 class MeshSettings(_Strict):
     """All of the mesh's settings; each service reads its own section."""
 
@@ -348,6 +487,7 @@ class MeshSettings(_Strict):
     )
     use_uvloop: bool = True
     breaker: BreakerSettings = BreakerSettings()
+    security: SecuritySettings = SecuritySettings()
     retry: RetrySettings = RetrySettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     ingest: IngestSettings = IngestSettings()

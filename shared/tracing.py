@@ -156,9 +156,14 @@ def build_provider(service: str, settings: MeshSettings, env: Mapping[str, str],
 
     endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     timeout_set = any(k in env for k in ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"))
+    from clawmesh.shared.security import active
+
+    mesh = None if endpoint else active()  # the metrics service: mTLS and mesh token as configured
     exporter = OTLPSpanExporter(
         endpoint=endpoint or settings.metrics.target(),
-        insecure=None if endpoint else True,  # the metrics service speaks plaintext
+        insecure=None if mesh is None else not mesh.settings.mtls,
+        credentials=None if mesh is None else mesh.channel_credentials(),
+        headers=None if mesh is None else dict(mesh.call_metadata()) or None,
         timeout=None if timeout_set else telemetry.export_timeout_s,
     )
     delay_ms = None if "OTEL_BSP_SCHEDULE_DELAY" in env else telemetry.export_interval_s * 1000

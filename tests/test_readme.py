@@ -192,6 +192,37 @@ def _check_grpcurl_health(cmd: str, out: str) -> None:
     assert json.loads(out) == {"status": "SERVING"}, out
 
 
+def _check_grpcurl_explain(cmd: str, out: str) -> None:
+    route = json.loads(out)["route"]  # make run has no rules file: the default route to the mock
+    assert (route["route_name"], route["backend"]) == ("default", "mock"), out
+    assert route["targets"][0]["backend"] == "mock" and route["reason"], out
+
+
+
+def _check_keys_new(cmd: str, out: str) -> None:
+    from clawmesh.shared.security import hash_key
+
+    key = re.search(r"^key: (cmk_\S+)$", out, re.M)
+    assert key, out
+    assert f'hash: "{hash_key(key[1])}"' in out, out
+
+
+def _check_keys_hash(cmd: str, out: str) -> None:
+    from clawmesh.shared.security import hash_key
+
+    key = shlex.split(cmd.split("|")[0])[-1]  # printf %s 'KEY' | clawmesh keys hash
+    assert out.strip() == hash_key(key), out
+
+
+def _check_certs(cmd: str, out: str) -> None:
+    args = shlex.split(cmd)
+    out_dir = Path(args[args.index("--out") + 1])
+    for identity in ("ca", "client", *SERVICES):
+        for name in ("tls.crt", "tls.key", "ca.crt"):
+            assert (out_dir / identity / name).is_file(), (identity, name, out)
+    assert f"in {out_dir}" in out, out
+
+
 CHECKS: list[tuple[str, Callable[[str, str], None]]] = [
     (r"\bclawmesh\b.*\bsend\b", _check_send),
     (r"\bclawmesh\b.*\bchat\b", _check_chat),
@@ -200,6 +231,11 @@ CHECKS: list[tuple[str, Callable[[str, str], None]]] = [
     (r"^(\.venv/bin/)?grpcurl\b.*\sclawmesh\.ingest\.v1\.IngestService/Submit$",
      _check_grpcurl_submit),
     (r"^(\.venv/bin/)?grpcurl\b.*\sgrpc\.health\.v1\.Health/Check$", _check_grpcurl_health),
+    (r"^(\.venv/bin/)?grpcurl\b.*\sclawmesh\.routing\.v1\.RoutingService/Explain$",
+     _check_grpcurl_explain),
+    (r"\bclawmesh keys new\b", _check_keys_new),
+    (r"\|\s*(\.venv/bin/)?clawmesh keys hash$", _check_keys_hash),
+    (r"\bclawmesh certs --out\b", _check_certs),
 ]
 
 
@@ -303,11 +339,15 @@ def _leaves(tree, prefix=()):
     if isinstance(tree, dict):
         for key, value in tree.items():
             yield from _leaves(value, (*prefix, key))
+    elif isinstance(tree, list) and any(isinstance(item, dict) for item in tree):
+        for index, value in enumerate(tree):  # entries with defaults filled in: compare what is written
+            yield from _leaves(value, (*prefix, index))
     else:
         yield prefix, tree
 
 
 POLICY_SECTIONS = {"backend", "dedup", "rate_limits", "admission"}
+RULES_SECTIONS = {"routes", "default", "agents", "health"}
 
 
 def _within(written, loaded) -> bool:
@@ -335,6 +375,22 @@ def test_yaml_block(block: Block, tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"policy {config} OK" in done.stdout, done.stdout
         assert _within(tree, load_policy(config).model_dump())  # every value written is used
+        return
+    if set(tree) <= RULES_SECTIONS:  # a routing rules file: checked with a mock for each backend it names
+        from clawmesh.services.routing.rules import RulesFile
+
+        routes = [*tree.get("routes", []), *([tree["default"]] if "default" in tree else [])]
+        names = sorted({t["backend"] for r in routes for part in ("primary", "fallbacks")
+                        for t in r.get(part, [])})
+        settings = tmp_path / "settings.yaml"
+        settings.write_text(yaml.safe_dump({"provider": {"default_backend": names[0],
+                                                         "backends": {n: {"kind": "mock"} for n in names}}}))
+        env = {**newcomer_env(), "CLAWMESH_ROUTING__RULES_FILE": str(config)}
+        done = subprocess.run([str(VENV_BIN / "clawmesh"), "--config", str(settings), "config", "check"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"rules {config} OK" in done.stdout, done.stdout
+        assert _within(tree, RulesFile.model_validate(tree).model_dump())  # every value written is used
         return
     done = subprocess.run(
         [str(VENV_BIN / "clawmesh"), "--config", str(config), "config", "check", "--show"],

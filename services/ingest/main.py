@@ -4,7 +4,8 @@ With ``stats`` (an RpcStats, as the launcher passes when telemetry is on) the ed
 gate's figures go out with every OTLP push as gauges: ``clawmesh.edge.*`` from
 ``gate.stats()`` (admission, rate limits, shadow counts) and ``clawmesh.edge.dedup.*``
 from ``await gate.dedup.stats()``, read at export time (an async source: its entry
-count may ask Redis, so it is never read on a request's path; see DedupGauges).
+count may ask Redis, so it is never read on a request's path; see DedupGauges), and with
+API keys ``clawmesh.edge.auth_refused.*`` (calls refused: missing, malformed, unknown, expired).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from clawmesh.shared.policy import PolicyError, load_policy
 from clawmesh.shared.rpc.channels import ChannelPool
 from clawmesh.shared.rpc.interceptors import server_chain
 from clawmesh.shared.rpc.server import MeshServer, create_server
+from clawmesh.shared.security import active
 from clawmesh.shared.settings import MeshSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ async def build(settings: MeshSettings, stats=None) -> MeshServer:
     server.on_stop(pool.close)
     server.on_stop(lambda: ingest.gate.close())  # the gate in use at stop time
     server.on_reload(lambda: reload_policy(ingest, settings.ingest.policy_file))
+    keys = active().keys()  # API keys (security.auth: api_key): SIGHUP re-reads the keys file too
+    if keys is not None:
+        server.on_reload(lambda: asyncio.to_thread(keys.reload))
+        if stats is not None:
+            stats.add_gauges("edge.auth_refused", lambda: dict(keys.refused))
     return server
 
 

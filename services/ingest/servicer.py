@@ -102,14 +102,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 slots.release()
 
         async def read() -> None:
-            async for req in request_iterator:
-                await slots.acquire()
-                task = asyncio.create_task(answer(req))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.wait(set(tasks))
-            done.put_nowait(None)
+            try:
+                async for req in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(req))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.wait(set(tasks))
+            finally:  # also when the request stream fails: end the answers, re-raise below
+                done.put_nowait(None)
 
         reader = asyncio.create_task(read())
         try:

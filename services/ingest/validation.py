@@ -8,6 +8,8 @@ from clawmesh.shared.settings import IngestSettings
 
 KNOWN_PRIORITIES = frozenset(common_pb2.Priority.values())
 MAX_ATTRIBUTE_VALUE_CHARS = 1024
+# sent_time is stored as nanoseconds since the epoch in 64 bits: 1970 up to April 2262.
+MAX_SENT_SECONDS = (2**63 - 1) // 1_000_000_000 - 1
 
 
 def validate_inbound(message: common_pb2.InboundMessage, present: bool,
@@ -46,5 +48,9 @@ def validate_inbound(message: common_pb2.InboundMessage, present: bool,
         if len(key) > limits.max_id_chars or len(value) > MAX_ATTRIBUTE_VALUE_CHARS:
             bad(f"attributes[{key[:32]!r}]", "key or value too long")
             break
+    if message.HasField("sent_time"):
+        sent = message.sent_time
+        if not 0 <= sent.seconds <= MAX_SENT_SECONDS or not 0 <= sent.nanos < 1_000_000_000:
+            bad("sent_time", "must be a time between 1970 and 2262")
     if problems:
         raise InvalidArgument(problems)

@@ -7,7 +7,9 @@
 
 ``settings.internal_transport`` picks how a typed client's calls travel:
 ``stream`` (default) multiplexes them on Exchange streams, ``unary`` makes one
-RPC per call. Both go through the same client chain.
+RPC per call. Both go through the same client chain. Channels are made by the process's
+security (``shared.security.active()``, or ``security=``): with ``security.mtls`` TLS
+presenting this service's certificate, with a mesh token that header on every RPC.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from clawmesh.shared.retry import RetryPolicy, RetryThrottle
 from clawmesh.shared.rpc.client import ClientInterceptor, ServiceClient, Transport, UnaryTransport
 from clawmesh.shared.rpc.exchange_client import ExchangeTransport
 from clawmesh.shared.rpc.interceptors import RetryInterceptor, client_chain
+from clawmesh.shared.security import Security, active
 from clawmesh.shared.settings import MeshSettings
 
 C = TypeVar("C", bound=ServiceClient)
@@ -52,8 +55,9 @@ class ChannelPool:
     """Owns the process's outbound channels and transports, keyed by target."""
 
     def __init__(self, settings: MeshSettings, max_message_bytes: int = 4 * 1024 * 1024,
-                 chain: Sequence[ClientInterceptor] | None = None) -> None:
+                 chain: Sequence[ClientInterceptor] | None = None, security: Security | None = None) -> None:
         self.settings = settings
+        self.security = security or active()
         self._options = channel_options(max_message_bytes)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._transports: dict[tuple[str, str], Transport] = {}
@@ -87,7 +91,7 @@ class ChannelPool:
     def channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.insecure_channel(target, options=self._options)
+            channel = self.security.channel(target, self._options)
             self._channels[target] = channel
         return channel
 

@@ -1,6 +1,7 @@
 """The two interceptor chains, declared in one place, each interceptor a module.
 
-Server (outermost first): tracing -> context -> metrics -> errors -> deadline ->
+Server (outermost first): tracing -> context -> metrics -> errors -> auth (API key at
+the edge, mesh token inside, as the process's security asks: ``auth``) -> deadline ->
 handler. (The edge gate — rate limits, dedup, admission — runs in ingest's core, once
 per validated message: see services/ingest/edge.py.)
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from clawmesh.shared.breaker import BreakerRegistry
 from clawmesh.shared.rpc.chain import HandlerInterceptor
 from clawmesh.shared.rpc.client import ClientInterceptor
+from clawmesh.shared.rpc.interceptors.auth import auth_interceptors
 from clawmesh.shared.rpc.interceptors.breaker import BreakerInterceptor
 from clawmesh.shared.rpc.interceptors.context import ContextInterceptor
 from clawmesh.shared.rpc.interceptors.deadline import DeadlineInterceptor
@@ -33,7 +35,7 @@ def server_chain(stats=None, min_budget_ms: float = 5.0) -> list[HandlerIntercep
     chain: list[HandlerInterceptor] = [TracingServerInterceptor(), ContextInterceptor()]
     if stats is not None:
         chain.append(MetricsInterceptor(stats))
-    chain += [ErrorInterceptor(), DeadlineInterceptor(min_budget_ms)]
+    chain += [ErrorInterceptor(), *auth_interceptors(), DeadlineInterceptor(min_budget_ms)]
     return chain
 
 

@@ -98,14 +98,16 @@ async def test_limits_are_configurable(settings):
             assert "at most 10 allowed" in err.value.details()
 
 
-async def test_undecodable_bytes_get_grpcs_own_status_and_nothing_breaks(ingest, settings):
+async def test_undecodable_bytes_are_invalid_argument_and_nothing_breaks(ingest, settings):
     channel = grpc.aio.insecure_channel(settings.ingest.target())
     raw = channel.unary_unary("/clawmesh.ingest.v1.IngestService/Submit")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await raw(b"\xff\xff\xff\xff", timeout=5)
-    # grpc.aio's own status for a request it cannot deserialize (before any of our code runs).
-    assert err.value.code() == grpc.StatusCode.UNKNOWN
+    # The server factory answers a body that does not decode itself (shared/rpc/server.py), not
+    # gRPC with UNKNOWN and a traceback logged per call.
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "Wire format was corrupt" in err.value.details()
+    assert bad_request_fields(trailing_status(err.value)) == ["request"]
     await channel.close()
     assert (await ingest.Submit(ingest_pb2.SubmitRequest(message=inbound()), timeout=5)).reply.content
 
