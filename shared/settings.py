@@ -399,9 +399,11 @@ class RetrySettings(BackendRetrySettings):
 
 
 class BreakerSettings(BackendBreakerSettings):
-    """Circuit breakers of the mesh's own hops (one per target and method), when enabled."""
+    """Circuit breakers of the mesh's own hops (one per target and method)."""
 
-    enabled: bool = False
+    enabled: bool = True
+    # A mesh peer that restarts is back within a second or two: probe it soon.
+    open_timeout_s: float | None = Field(2.0, gt=0, description="open before a probe")
 
 
 class ApiKeySettings(_Strict):

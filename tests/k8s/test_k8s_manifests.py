@@ -225,3 +225,15 @@ def test_images_are_the_project_version_and_namespaces_restricted(objects, varia
 def test_the_image_tag_is_the_one_make_image_builds():
     base = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
     assert base["images"] == [{"name": "clawmesh", "newTag": VERSION}]
+
+
+def test_prod_callers_need_an_api_key_from_a_secret_and_dev_says_it_is_open(objects, tmp_path):
+    prod, _ = mesh_settings(objects["prod"], "ingest", tmp_path)
+    assert prod.security.auth == "api_key"
+    ingest = workloads(objects["prod"])["ingest"]
+    mounts = {m["name"]: m["mountPath"] for m in container(ingest)["volumeMounts"]}
+    volumes = {v["name"]: v for v in ingest["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == "clawmesh-api-keys"
+    assert str(prod.security.api_keys_file).startswith(mounts["api-keys"] + "/")
+    dev, _ = mesh_settings(objects["dev"], "ingest", tmp_path)
+    assert dev.security.auth == "dev"  # the documented insecure mode: one replica, a dev cluster

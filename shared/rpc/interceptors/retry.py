@@ -8,8 +8,9 @@
   by key —, ListBackends, Explain). Everything else is never retried here. Unary only.
 - **Which failures**: UNAVAILABLE — also one the peer passed on from deeper in the mesh:
   the hops below this one do not retry, this one owns the retries of the whole subtree.
-  A call the breaker refused is not an RPC error and is never retried: an open breaker
-  means "stop calling".
+  A call the breaker refused (``BreakerOpen``) is retried only when its probe time comes
+  within the call's budget and ``max_wait_s``: the retry waits for it, as for any
+  RetryInfo, and becomes the probe (no RPC was made: the throttle is not charged).
 - **How**: gRPC's retry policy (gRFC A6): ``max_attempts`` in all, full-jitter exponential
   backoff (``shared.retry.RetryPolicy``) never shorter than the server's RetryInfo, and
   retry throttling per target (``RetryThrottle``). The channel's own retries stay off, and
@@ -32,6 +33,7 @@ from google.protobuf import descriptor_pool
 
 from clawmesh.shared import context as callctx
 from clawmesh.shared import metadata as md
+from clawmesh.shared.breaker import BreakerOpen
 from clawmesh.shared.errors import retry_after_of
 from clawmesh.shared.retry import RetryPolicy, RetryThrottle
 from clawmesh.shared.rpc.client import Call, ClientInterceptor
@@ -83,18 +85,28 @@ class RetryInterceptor(ClientInterceptor):
             call.metadata = (*metadata, (md.ATTEMPT, str(attempt)))
             try:
                 response = await call_next(call)
+            except BreakerOpen as refused:
+                if attempt >= self.policy.max_attempts:
+                    raise
+                wait = refused.retry_after_s or 0.0
+                if self._too_late(wait, deadline):
+                    raise
             except grpc.aio.AioRpcError as error:
                 self.throttle.on_failure()
                 if self._give_up(error, attempt):
                     raise
                 wait = self.policy.wait_s(attempt, retry_after_of(error), self.rng)
-                left = None if deadline is None else deadline - self.clock() - wait
-                if wait > self.policy.max_wait_s or (left is not None and left < self.min_attempt_s):
+                if self._too_late(wait, deadline):
                     raise
-                await self.sleep(wait)
-                if deadline is not None:
-                    call.timeout = deadline - self.clock()
-                attempt += 1
-                continue
-            self.throttle.on_success()
-            return response
+            else:
+                self.throttle.on_success()
+                return response
+            await self.sleep(wait)
+            if deadline is not None:
+                call.timeout = deadline - self.clock()
+            attempt += 1
+
+    def _too_late(self, wait: float, deadline: float | None) -> bool:
+        """Whether waiting ``wait`` would leave no time for another attempt (or is too long)."""
+        left = None if deadline is None else deadline - self.clock() - wait
+        return wait > self.policy.max_wait_s or (left is not None and left < self.min_attempt_s)

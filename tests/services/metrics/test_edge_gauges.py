@@ -147,6 +147,8 @@ async def test_a_real_ingest_process_pushes_its_edge_gauges_to_the_metrics_endpo
     [(instance_id, gauges)] = aggregator.gauges("ingest").items()
     assert len(instance_id) == 32
     assert {k: gauges[k] for k in EXPECTED_AFTER_A_COPY} == EXPECTED_AFTER_A_COPY
-    assert list(aggregator.gauges("routing").values()) == [{}]  # reported, no gauges
+    [routing] = aggregator.gauges("routing").values()  # reported: its breakers only, no edge
+    assert routing and all(k.startswith("clawmesh.breaker.") for k in routing)
+    assert {v for k, v in routing.items() if k.startswith("clawmesh.breaker.state{")} == {1.0}  # closed
     [ingest] = aggregator.snapshot("ingest")
     assert ingest.request_count == 2  # the histogram came in the same pushes

@@ -106,7 +106,8 @@ async def test_the_pool_puts_breakers_in_the_chain_only_when_enabled():
     from clawmesh.shared.rpc.interceptors import BreakerInterceptor
     from clawmesh.shared.settings import SettingsError, load_settings
 
-    off = ChannelPool(load_settings({}))
+    assert ChannelPool(load_settings({})).breakers is not None  # on by default
+    off = ChannelPool(load_settings({"CLAWMESH_BREAKER__ENABLED": "false"}))
     assert off.breakers is None
     assert not any(isinstance(ic, BreakerInterceptor) for ic in off.chain("127.0.0.1:1"))
     on = ChannelPool(load_settings({"CLAWMESH_BREAKER__ENABLED": "true",

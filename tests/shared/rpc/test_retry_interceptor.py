@@ -66,13 +66,13 @@ def retrying(max_attempts: int = 3, sleeps: Sleeps | None = None) -> RetryInterc
 async def serve(request):
     made = []
 
-    async def make(servicer, retry: RetryInterceptor, cap_s: float = 5.0) -> ProviderClient:
+    async def make(servicer, retry: RetryInterceptor, cap_s: float = 5.0, breakers=None) -> ProviderClient:
         server = await start(servicer)
         channel = grpc.aio.insecure_channel(server.address)
         transport = (ExchangeTransport(channel, SERVICE, streams=1) if request.param == "stream"
                      else UnaryTransport(channel))
         made.append((server, channel, transport))
-        return ProviderClient(transport, client_chain(cap_s, 0.0, server.address, None, retry))
+        return ProviderClient(transport, client_chain(cap_s, 0.0, server.address, breakers, retry))
 
     yield make
     for server, channel, transport in made:
@@ -154,3 +154,31 @@ async def test_one_layer_the_inner_hop_does_not_retry_what_the_outer_retries(ser
     # The far peer saw one attempt per outer attempt (3), not 3 × 3: the relay saw the
     # attempt header and left the retrying to its caller; the header travelled on.
     assert far.attempt_headers == ["1", "2", "3"]
+
+
+async def test_an_open_breaker_is_waited_out_within_the_budget_and_the_retry_is_its_probe(serve):
+    from clawmesh.shared.breaker import BreakerConfig, BreakerRegistry, State
+    from tests.fakes import FakeClock
+
+    clock = FakeClock()
+
+    class Advancing(Sleeps):  # the injected sleep moves the breaker's clock
+        async def __call__(self, seconds: float) -> None:
+            await super().__call__(seconds)
+            clock.advance(seconds)
+
+    sleeps = Advancing()
+    breakers = BreakerRegistry(BreakerConfig(failure_threshold=2, open_timeout_s=0.5, success_threshold=1),
+                               clock=clock)
+    servicer = Failing(failures=2)
+    retry = RetryInterceptor(RetryPolicy(max_attempts=5, backoff_base_s=0.01, backoff_max_s=0.01),
+                             RetryThrottle(), rng=random.Random(1), sleep=sleeps)
+    client = await serve(servicer, retry, breakers=breakers)
+    await client.backends()
+    # Two failures opened the breaker; the third attempt was refused without a call and
+    # waited out the open time (0.5 s less the backoff already slept); the fourth, the
+    # probe, reached the recovered server and closed the breaker.
+    assert servicer.attempt_headers == ["1", "2", "4"]
+    assert len(sleeps.waits) == 3 and sleeps.waits[2] == pytest.approx(0.5 - sleeps.waits[1])
+    [breaker] = [breakers.get(key) for key in breakers.stats()]
+    assert breaker.state is State.CLOSED
