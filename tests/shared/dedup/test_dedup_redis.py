@@ -23,8 +23,9 @@ LOGGER = "clawmesh.shared.dedup.core"
 
 @pytest.fixture
 async def replicas(redis_url):
-    """Two Deduplicators, each with its own client and connections: two replicas."""
-    made = [Deduplicator(RedisBackend(redis_url)), Deduplicator(RedisBackend(redis_url))]
+    """Two Deduplicators, each with its own client and connections: two replicas. (A generous
+    op timeout: these tests are about coalescing, not about a slow Redis on a busy host.)"""
+    made = [Deduplicator(RedisBackend(redis_url), op_timeout_s=2.0) for _ in range(2)]
     yield made
     for dedup in made:
         await dedup.aclose()
@@ -57,7 +58,7 @@ async def test_a_release_on_one_replica_hands_the_key_to_one_waiter_on_the_other
 
 async def test_ttls_are_set_on_the_server(redis_url):
     client = aioredis.from_url(redis_url)
-    dedups = [Deduplicator(RedisBackend(redis_url), strategy=s(), lease_s=30)
+    dedups = [Deduplicator(RedisBackend(redis_url), strategy=s(), lease_s=30, op_timeout_s=2.0)
               for s in (exact, sliding_window)]
     try:
         for dedup in dedups:
@@ -136,7 +137,7 @@ async def test_a_degraded_claim_completed_after_recovery_is_replayed(redis_serve
 
 def test_one_deduplicator_survives_its_event_loop(redis_url):
     """A client is remade for a new loop instead of failing on the closed one."""
-    dedup = Deduplicator(RedisBackend(redis_url))
+    dedup = Deduplicator(RedisBackend(redis_url), op_timeout_s=2.0)
 
     async def first() -> None:
         assert (await dedup.claim("k", 60)).owner
