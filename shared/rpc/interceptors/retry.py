@@ -39,6 +39,10 @@ from clawmesh.shared.retry import RetryPolicy, RetryThrottle
 from clawmesh.shared.rpc.client import Call, ClientInterceptor
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# The least wait before calling an open breaker again: event-loop timers have millisecond
+# resolution, and a wait shorter than that would spin through the attempts before the
+# breaker's probe time has actually come.
+MIN_BREAKER_WAIT_S = 0.002
 
 
 def idempotent(method: str) -> bool:
@@ -88,7 +92,7 @@ class RetryInterceptor(ClientInterceptor):
             except BreakerOpen as refused:
                 if attempt >= self.policy.max_attempts:
                     raise
-                wait = refused.retry_after_s or 0.0
+                wait = max(refused.retry_after_s or 0.0, MIN_BREAKER_WAIT_S)
                 if self._too_late(wait, deadline):
                     raise
             except grpc.aio.AioRpcError as error:

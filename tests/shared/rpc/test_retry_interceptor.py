@@ -182,3 +182,32 @@ async def test_an_open_breaker_is_waited_out_within_the_budget_and_the_retry_is_
     assert len(sleeps.waits) == 3 and sleeps.waits[2] == pytest.approx(0.5 - sleeps.waits[1])
     [breaker] = [breakers.get(key) for key in breakers.stats()]
     assert breaker.state is State.CLOSED
+
+
+async def test_a_breaker_wait_is_never_shorter_than_a_timer_tick(serve):
+    import math
+
+    from clawmesh.shared.breaker import BreakerConfig, BreakerRegistry, State
+    from tests.fakes import FakeClock
+
+    clock = FakeClock()
+
+    class MillisecondTimer(Sleeps):  # like the event loop: whole milliseconds only
+        async def __call__(self, seconds: float) -> None:
+            await super().__call__(seconds)
+            clock.advance(math.floor(seconds * 1000) / 1000)
+
+    sleeps = MillisecondTimer()
+    breakers = BreakerRegistry(BreakerConfig(failure_threshold=1, open_timeout_s=0.5, success_threshold=1),
+                               clock=clock)
+    servicer = Failing(failures=1)
+    retry = RetryInterceptor(RetryPolicy(max_attempts=4, backoff_base_s=0.01, backoff_max_s=0.01),
+                             RetryThrottle(), rng=random.Random(5), sleep=sleeps)
+    client = await serve(servicer, retry, breakers=breakers)
+    await client.backends()
+    # Attempt 2 met the open breaker and waited its (rounded-down) time; whatever sliver of
+    # it was left, the next wait was at least a tick, never a spin; then the probe went.
+    assert servicer.attempt_headers[0] == "1" and len(servicer.attempt_headers) == 2
+    assert all(w >= 0.002 for w in sleeps.waits[1:]), sleeps.waits
+    [breaker] = [breakers.get(key) for key in breakers.stats()]
+    assert breaker.state is State.CLOSED
