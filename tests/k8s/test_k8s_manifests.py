@@ -46,13 +46,15 @@ def mounted_file(objs: list[dict], service: str, path: str) -> str:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_service_runs_once_with_probes_on_its_grpc_health_name(objects, variant):
+def test_every_service_runs_once_with_probes_on_its_grpc_health_name(objects, variant, tmp_path):
     pods = workloads(objects[variant])
     assert set(pods) == set(NAMES), set(pods)
     for name, workload in pods.items():
         main = container(workload)
         assert main["args"] == [name], main["args"]
-        port = DEFAULTS.server(name).port
+        settings, _ = mesh_settings(objects[variant], name, tmp_path)
+        # With TLS the kubelet probes the plaintext health-only port.
+        port = settings.security.health_port or DEFAULTS.server(name).port
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             # Native gRPC probes, on the service's own name from the registry: health turns
             # NOT_SERVING for it as soon as a drain starts.
@@ -237,3 +239,13 @@ def test_prod_callers_need_an_api_key_from_a_secret_and_dev_says_it_is_open(obje
     assert str(prod.security.api_keys_file).startswith(mounts["api-keys"] + "/")
     dev, _ = mesh_settings(objects["dev"], "ingest", tmp_path)
     assert dev.security.auth == "dev"  # the documented insecure mode: one replica, a dev cluster
+
+
+def test_prod_serves_tls_and_mtls_from_a_secret_per_service(objects, tmp_path):
+    for name, workload in workloads(objects["prod"]).items():
+        settings, _ = mesh_settings(objects["prod"], name, tmp_path)
+        assert settings.security.tls and settings.security.mtls
+        mounts = {m["name"]: m["mountPath"] for m in container(workload)["volumeMounts"]}
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["mesh-tls"]["secret"]["secretName"] == f"clawmesh-{name}-tls", name
+        assert mounts["mesh-tls"] == str(settings.security.cert_dir / name), name
