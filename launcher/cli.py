@@ -25,6 +25,7 @@ import functools
 import os
 import sys
 import uuid
+from pathlib import Path
 
 from clawmesh.services.registry import NAMES as SERVICES
 from clawmesh.shared.settings import CONFIG_ENV, SettingsError, load_settings
@@ -73,10 +74,15 @@ async def _send(args, settings, texts, stream_out) -> int:
 
     from clawmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
     from clawmesh.shared import metadata as md
+    from clawmesh.shared.security.runtime import Security
 
     target = args.target or settings.ingest.target()
     metadata = ((md.TENANT, args.tenant),) if args.tenant else ()
-    async with grpc.aio.insecure_channel(target) as channel:
+    key = _api_key(args)
+    if key:
+        metadata = (*metadata, ("authorization", f"Bearer {key}"))
+    # TLS when the mesh's ingest serves it (CA from security.cert_dir/client).
+    async with Security(settings.security).channel(target, edge=True) as channel:
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
         for text in texts:
             if text is None:
@@ -92,6 +98,13 @@ async def _send(args, settings, texts, stream_out) -> int:
                 if not args.interactive:
                     return 1
     return 0
+
+
+def _api_key(args) -> str:
+    """The caller's API key: ``--api-key-file`` (kept out of shell history and ps) or ``--api-key``."""
+    if getattr(args, "api_key_file", None):
+        return Path(args.api_key_file).read_text().strip()
+    return getattr(args, "api_key", "") or ""
 
 
 def _print_chunk(chunk) -> None:
@@ -199,9 +212,11 @@ async def _trace(args, target: str, as_list: bool) -> int:
     from clawmesh.metrics.v1 import metrics_pb2, metrics_pb2_grpc
     from clawmesh.services.metrics.traces import is_trace_id
     from clawmesh.services.metrics.waterfall import trace_console, trace_list, waterfall
+    from clawmesh.shared.security.runtime import Security
 
     console = trace_console()
-    async with grpc.aio.insecure_channel(target) as channel:
+    # The metrics service is internal: mTLS with the client identity and the mesh token, if set.
+    async with Security(_settings(args).security).channel(target) as channel:
         stub = metrics_pb2_grpc.MetricsServiceStub(channel)
         try:
             if as_list:
@@ -328,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-s", "--session", default=f"cli-{uuid.uuid4().hex[:8]}")
         p.add_argument("--target", help="ingest address (default: from settings)")
         p.add_argument("--tenant", default="", help="x-clawmesh-tenant (default: the mesh's)")
+        p.add_argument("--api-key", default="", help="the caller's API key (security.auth: api_key)")
+        p.add_argument("--api-key-file", default="", help="... read from this file instead")
         p.add_argument("--channel", default="cli")
         p.add_argument("--sender", default=os.environ.get("USER", "cli-user"))
         p.add_argument("--timeout", type=float, default=30.0)
