@@ -274,24 +274,41 @@ class Bench:
             echo.terminate()
             await asyncio.wait_for(echo.wait(), 10)
 
+    def mesh_env(self, data: str, transport: str = OVERLOAD_TRANSPORT, **extra: str) -> dict[str, str]:
+        """Settings of a bench mesh: free ports, its own data dir, quiet logs, a zero-latency mock."""
+        env = {f"CLAWMESH_{n.upper()}__PORT": str(free_port()) for n in SERVICES}
+        env.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / f"data-{data}"), CLAWMESH_LOG_LEVEL="WARNING",
+                   CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0", CLAWMESH_INTERNAL_TRANSPORT=transport, **extra)
+        return env
+
+    async def start_mesh(self, label: str, env: dict[str, str], files: list,
+                         services: tuple[str, ...] = START_ORDER) -> tuple[MeshProcesses, float]:
+        """Start ``services`` with ``env``, their logs (WARNING and up) in a file appended to
+        ``files`` (the caller closes them); the mesh and its cold-start time. A mesh that does
+        not start is stopped and raises with the tail of its log."""
+        path = self.work / f"mesh-{label}.stderr"
+        files.append(path.open("wb"))
+        mesh = MeshProcesses(child_env(self.env_base, env), stderr=files[-1], services=services)
+        try:
+            return mesh, await mesh.start()
+        except Exception as exc:
+            await mesh.stop(grace_s=1)  # whatever did start
+            files[-1].flush()
+            tail = path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"mesh {label} did not start: {exc}\n{tail}") from exc
+
     async def mesh_rows(self, transport: str, results: dict) -> None:
         from clawmesh.common.v1 import common_pb2
         from clawmesh.ingest.v1 import ingest_pb2
 
-        env = {f"CLAWMESH_{n.upper()}__PORT": str(free_port()) for n in SERVICES}
-        env.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / f"data-{transport}"),
-                   CLAWMESH_LOG_LEVEL="WARNING", CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0",
-                   CLAWMESH_INTERNAL_TRANSPORT=transport)
-        stderr_path = self.work / f"mesh-{transport}.stderr"
-        stderr = stderr_path.open("wb")  # the services' logs (WARNING and up)
-        mesh = MeshProcesses(child_env(self.env_base, env), stderr=stderr)
         self.log(f"mesh, internal_transport={transport}: cold start ...")
+        files: list = []
         try:
-            cold = await mesh.start()
-        except Exception as exc:
-            stderr.close()
-            tail = stderr_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"mesh ({transport}) did not start: {exc}\n{tail}") from exc
+            mesh, cold = await self.start_mesh(transport, self.mesh_env(transport, transport), files)
+        except Exception:
+            for f in files:
+                f.close()
+            raise
         try:
             pids = {n: p.pid for n, p in mesh.procs.items()}
             self.log(f"  every service SERVING after {cold:.2f}s")
@@ -330,7 +347,8 @@ class Bench:
                 self.args.seconds, c)
         finally:
             await mesh.stop(grace_s=2)
-            stderr.close()
+            for f in files:
+                f.close()
 
     async def ab_rounds(self, results: dict) -> None:
         """Both meshes up side by side (idle when not measured); Submit alternated by round.
@@ -342,19 +360,8 @@ class Bench:
         files = []
         try:
             for transport in TRANSPORTS:
-                env = {f"CLAWMESH_{n.upper()}__PORT": str(free_port()) for n in SERVICES}
-                env.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / f"data-ab-{transport}"),
-                           CLAWMESH_LOG_LEVEL="WARNING", CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0",
-                           CLAWMESH_INTERNAL_TRANSPORT=transport)
-                path = self.work / f"mesh-ab-{transport}.stderr"
-                files.append(path.open("wb"))
-                meshes[transport] = MeshProcesses(child_env(self.env_base, env), stderr=files[-1])
-                try:
-                    await meshes[transport].start()
-                except Exception as exc:
-                    files[-1].flush()
-                    tail = path.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"A/B mesh ({transport}) did not start: {exc}\n{tail}") from exc
+                meshes[transport], _ = await self.start_mesh(
+                    f"ab-{transport}", self.mesh_env(f"ab-{transport}", transport), files)
             rounds = []
             for i in range(self.args.rounds):
                 one = {}
@@ -438,10 +445,7 @@ class Bench:
         """
         import yaml
 
-        base = {f"CLAWMESH_{n.upper()}__PORT": str(free_port()) for n in SERVICES}
-        base.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / "data-gate"),
-                    CLAWMESH_LOG_LEVEL="WARNING", CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0",
-                    CLAWMESH_INTERNAL_TRANSPORT=OVERLOAD_TRANSPORT)
+        base = self.mesh_env("gate")
         redis_proc = None
         redis_url = None
         gate: dict = {"transport": OVERLOAD_TRANSPORT, "policies": {}, "rounds": []}
@@ -472,17 +476,8 @@ class Bench:
                     path.write_text(yaml.safe_dump(policy, sort_keys=False))
                     env["CLAWMESH_INGEST__POLICY_FILE"] = str(path)
                 gate["policies"][name] = policy
-                log_path = self.work / f"mesh-gate-{name}.stderr"
-                files.append(log_path.open("wb"))
-                mesh = MeshProcesses(child_env(self.env_base, env), stderr=files[-1],
-                                     services=START_ORDER if name == "on" else ("ingest",))
-                meshes[name] = mesh
-                try:
-                    await mesh.start()
-                except Exception as exc:
-                    files[-1].flush()
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"gate mesh ({name}) did not start: {exc}\n{tail}") from exc
+                meshes[name], _ = await self.start_mesh(
+                    f"gate-{name}", env, files, START_ORDER if name == "on" else ("ingest",))
             back = {n: p.pid for n, p in meshes["on"].procs.items()}
             for i in range(self.args.gate_rounds):
                 k = i % len(plan)
@@ -526,19 +521,8 @@ class Bench:
         files = []
         try:
             for name, variant in TRACING_VARIANTS.items():
-                env = {f"CLAWMESH_{n.upper()}__PORT": str(free_port()) for n in SERVICES}
-                env.update(CLAWMESH_MEMORY__DATA_DIR=str(self.work / f"data-tracing-{name}"),
-                           CLAWMESH_LOG_LEVEL="WARNING", CLAWMESH_PROVIDER__MOCK_LATENCY_MS="0",
-                           CLAWMESH_INTERNAL_TRANSPORT=OVERLOAD_TRANSPORT, **variant)
-                path = self.work / f"mesh-tracing-{name}.stderr"
-                files.append(path.open("wb"))
-                meshes[name] = MeshProcesses(child_env(self.env_base, env), stderr=files[-1])
-                try:
-                    await meshes[name].start()
-                except Exception as exc:
-                    files[-1].flush()
-                    tail = path.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"tracing mesh ({name}) did not start: {exc}\n{tail}") from exc
+                meshes[name], _ = await self.start_mesh(
+                    f"tracing-{name}", self.mesh_env(f"tracing-{name}", **variant), files)
             names = list(meshes)
             for i in range(self.args.tracing_rounds):
                 k = i % len(names)

@@ -4,23 +4,16 @@ import asyncio
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
-from clawmesh.shared.errors import bad_request_fields
+from clawmesh.shared.errors import bad_request_fields, retry_after_of
 from clawmesh.shared.settings import MockBackendConfig, OpenAIBackendConfig, ProviderSettings
 from tests.conftest import trailing_status
 from tests.inproc import inproc_mesh
-from tests.openai_standin import OpenAIStandin, Reply, Status
+from tests.openai_standin import Reply, Status
 
 MESSAGES = [common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")]
-
-
-@pytest.fixture
-async def api():
-    async with OpenAIStandin() as server:
-        yield server
 
 
 @pytest.fixture
@@ -34,15 +27,6 @@ async def provider(settings, api):
     async with inproc_mesh(settings, services=("provider",)) as servers:
         async with grpc.aio.insecure_channel(servers["provider"].address) as channel:
             yield provider_pb2_grpc.ProviderServiceStub(channel)
-
-
-def retry_delay_s(error) -> float | None:
-    for detail in trailing_status(error).details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
 
 
 async def stream_all(provider, **kwargs):
@@ -69,7 +53,7 @@ async def test_backend_errors_become_statuses(provider, api, streamed, answer, c
         else:
             await provider.Generate(provider_pb2.GenerateRequest(messages=MESSAGES), timeout=5)
     assert err.value.code() == code
-    assert retry_delay_s(err.value) == retry_s
+    assert retry_after_of(err.value) == retry_s
     assert "standin" in err.value.details()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         assert bad_request_fields(trailing_status(err.value)) == ["messages"]

@@ -27,16 +27,10 @@ from clawmesh.services.provider.backends import (
 from clawmesh.shared.settings import OpenAIBackendConfig, ProviderSettings, SettingsError
 from clawmesh.shared.tokens import estimate_tokens
 from tests.conftest import free_port
-from tests.openai_standin import OpenAIStandin, Reply, Status
+from tests.openai_standin import Reply, Status
 
 TURNS = [Turn("system", "be brief"), Turn("user", "hi")]
 SEEN = 5.0  # generous bound for events the stand-in must see (never reached when things work)
-
-
-@pytest.fixture
-async def api():
-    async with OpenAIStandin() as server:
-        yield server
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from types import SimpleNamespace
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 
 from clawmesh.common.v1 import common_pb2
 from clawmesh.provider.v1 import provider_pb2, provider_pb2_grpc
@@ -21,11 +20,11 @@ from clawmesh.services.provider.backends import BackendUnavailable, RateLimited
 from clawmesh.services.provider.core import Provider
 from clawmesh.services.provider.main import build
 from clawmesh.services.provider.resilience import RetryPolicy
-from clawmesh.shared.errors import bad_request_fields
+from clawmesh.shared.errors import bad_request_fields, retry_after_of
 from clawmesh.shared.settings import MockBackendConfig, OpenAIBackendConfig, ProviderSettings
 from tests.conftest import trailing_status
 from tests.fakes import FakeClock
-from tests.openai_standin import OpenAIStandin, Reply, Status
+from tests.openai_standin import Reply, Status
 
 MESSAGES = [common_pb2.ChatMessage(role=common_pb2.ROLE_USER, content="hi")]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -50,12 +49,6 @@ class TopOfRange(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b
-
-
-@pytest.fixture
-async def api():
-    async with OpenAIStandin() as server:
-        yield server
 
 
 @pytest.fixture
@@ -96,15 +89,6 @@ async def fails(call) -> grpc.aio.AioRpcError:
     return err.value
 
 
-def retry_delay_s(error) -> float | None:
-    for detail in trailing_status(error).details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
-
-
 async def status_of(stub, name="standin") -> provider_pb2.BackendStatus:
     reply = await stub.ListBackends(provider_pb2.ListBackendsRequest(), timeout=5)
     return {b.name: b for b in reply.backends}[name]
@@ -130,7 +114,7 @@ async def test_breaker_opens_after_faults_then_fails_fast(serve, api, call):
     for refused in (generate, stream):
         err = await fails(refused(mesh.stub))
         assert err.code() == UNAVAILABLE and "circuit breaker standin is open" in err.details()
-        assert retry_delay_s(err) == 5.0  # fast_fail's open_timeout_s, on the fake clock
+        assert retry_after_of(err) == 5.0  # fast_fail's open_timeout_s, on the fake clock
     assert len(api.requests) == 3  # refused calls never reach the backend
     assert mesh.sleeps.waits == []  # and are not retried
 
@@ -151,7 +135,7 @@ async def test_after_open_timeout_exactly_one_probe_goes_and_its_success_closes(
     others = await asyncio.gather(*(fails(generate(mesh.stub)) for _ in range(3)),
                                   fails(stream(mesh.stub)))
     assert {e.code() for e in others} == {UNAVAILABLE}
-    assert all("half_open" in e.details() and retry_delay_s(e) == 5.0 for e in others)
+    assert all("half_open" in e.details() and retry_after_of(e) == 5.0 for e in others)
     assert (await probe).message.content == "probe ok"
     assert len(api.requests) == 4  # the probe alone
 
@@ -168,7 +152,7 @@ async def test_a_failed_probe_reopens_the_breaker(serve, api):
     mesh.clock.advance(5)
     await fails(generate(mesh.stub))  # the probe fails
     assert (await status_of(mesh.stub)).breaker_state == OPEN
-    assert retry_delay_s(await fails(generate(mesh.stub))) == 5.0
+    assert retry_after_of(await fails(generate(mesh.stub))) == 5.0
     assert len(api.requests) == 4
 
 
@@ -196,7 +180,7 @@ async def test_rate_limits_open_a_breaker_that_counts_them(serve, api):
     for _ in range(3):
         assert (await fails(generate(mesh.stub))).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     err = await fails(generate(mesh.stub))
-    assert (err.code(), retry_delay_s(err)) == (UNAVAILABLE, 30.0)
+    assert (err.code(), retry_after_of(err)) == (UNAVAILABLE, 30.0)
 
 
 async def test_a_cancelled_call_is_not_counted(serve, api):
@@ -257,7 +241,7 @@ async def test_retries_never_wait_past_the_deadline(serve, api, retry_after, ret
         assert mesh.sleeps.waits == [0.5]
     else:
         err = await fails(generate(mesh.stub, deadline_s=2))
-        assert (err.code(), retry_delay_s(err)) == (UNAVAILABLE, 3.0)  # the last error, at once
+        assert (err.code(), retry_after_of(err)) == (UNAVAILABLE, 3.0)  # the last error, at once
         assert mesh.sleeps.waits == [] and len(api.requests) == 1
         assert time.monotonic() - started < 1.5
 
@@ -266,7 +250,7 @@ async def test_a_retry_after_beyond_max_wait_fails_at_once(serve, api):
     mesh = await serve(retry={"max_wait_s": 1})
     api.script(Status(429, headers={"Retry-After": "2"}))
     err = await fails(generate(mesh.stub, deadline_s=30))
-    assert (err.code(), retry_delay_s(err)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 2.0)
+    assert (err.code(), retry_after_of(err)) == (grpc.StatusCode.RESOURCE_EXHAUSTED, 2.0)
     assert mesh.sleeps.waits == [] and len(api.requests) == 1
 
 

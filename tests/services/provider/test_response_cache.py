@@ -33,17 +33,11 @@ from clawmesh.services.provider.main import build
 from clawmesh.shared.settings import OpenAIBackendConfig, ProviderSettings, SettingsError, load_settings
 from tests.conftest import free_port
 from tests.fakes import FakeClock
-from tests.openai_standin import OpenAIStandin, Reply
+from tests.openai_standin import Reply
 
 BYPASS, OPT_IN = provider_pb2.CACHE_POLICY_BYPASS, provider_pb2.CACHE_POLICY_OPT_IN
 ACME, BETA = (("x-clawmesh-tenant", "acme"),), (("x-clawmesh-tenant", "beta"),)
 SEEN = 5.0  # generous bound for events that must happen (never reached when things work)
-
-
-@pytest.fixture
-async def api():
-    async with OpenAIStandin() as server:
-        yield server
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ import time
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 
 from clawmesh.routing.v1 import routing_pb2
 from clawmesh.services.routing.prompt import CONTINUE
-from tests.conftest import trailing_status
+from clawmesh.shared.errors import retry_after_of
 from tests.openai_standin import Reply, Status
 from tests.services.routing.conftest import TENANT, inbound, openai, routing_mesh
 
@@ -25,15 +24,6 @@ routes:
     attempt_timeout_s: 1
 health: {cooldown_s: 0.001}
 """
-
-
-def retry_delay_s(error) -> float | None:
-    for detail in trailing_status(error).details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
 
 
 @pytest.fixture
@@ -148,7 +138,7 @@ async def test_when_every_backend_fails_the_answer_is_unavailable_with_retry_inf
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "every target failed" in err.value.details()
             assert "a: UNAVAILABLE" in err.value.details() and "b: UNAVAILABLE" in err.value.details()
-            assert 1 < retry_delay_s(err.value) <= 2  # the soonest retry: a's cooldown
+            assert 1 < retry_after_of(err.value) <= 2  # the soonest retry: a's cooldown
         assert await mesh.history() == []
 
 
@@ -191,6 +181,6 @@ async def test_without_rules_one_backend_is_the_chain(settings, tmp_path, api_a)
         api_a.script(Status(429, headers={"Retry-After": "4"}))
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await mesh.dispatch("hi")
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and 3 < retry_delay_s(err.value) <= 4
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and 3 < retry_after_of(err.value) <= 4
         assert "429" in err.value.details()
         assert (await mesh.dispatch("again")).reply.content == "hello from the stand-in"

@@ -211,3 +211,26 @@ async def test_a_breaker_wait_is_never_shorter_than_a_timer_tick(serve):
     assert all(w >= 0.002 for w in sleeps.waits[1:]), sleeps.waits
     [breaker] = [breakers.get(key) for key in breakers.stats()]
     assert breaker.state is State.CLOSED
+
+
+async def test_a_sub_tick_breaker_wait_is_rounded_up_to_a_tick():
+    from clawmesh.provider.v1 import provider_pb2
+    from clawmesh.shared.breaker import BreakerOpen, State
+    from clawmesh.shared.rpc.client import Call
+    from clawmesh.shared.rpc.interceptors.retry import MIN_BREAKER_WAIT_S
+
+    sleeps = Sleeps()
+    retry = RetryInterceptor(RetryPolicy(max_attempts=3), RetryThrottle(), sleep=sleeps)
+    outcomes = [BreakerOpen("peer", 1e-5, State.OPEN), provider_pb2.ListBackendsResponse()]
+
+    async def call_next(call):
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    call = Call(f"/{SERVICE}/ListBackends", provider_pb2.ListBackendsRequest(),
+                provider_pb2.ListBackendsResponse, timeout=5.0)
+    assert await retry.unary(call, call_next) == provider_pb2.ListBackendsResponse()
+    assert sleeps.waits == [MIN_BREAKER_WAIT_S]  # not 10 µs: an event-loop timer fires in whole ms
+    assert dict(call.metadata)["x-clawmesh-attempt"] == "2"
