@@ -89,15 +89,18 @@ async def timed_ms(make) -> float:
 
 
 class RedisProcess:
-    """redis-server on a free port, AOF on with fsync always, in ``work``."""
+    """redis-server on a free port in ``work``: AOF on with fsync always (``durable``, what
+    memory requires), or no persistence at all (the edge's rate limits in bench/run.py)."""
 
-    def __init__(self, work: Path) -> None:
-        self.dir = work / "redis"
+    def __init__(self, work: Path, durable: bool = True, name: str = "redis") -> None:
+        self.dir = work / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        persistence = (["--appendonly", "yes", "--appendfsync", "always"] if durable
+                       else ["--appendonly", "no"])
         self.proc = subprocess.Popen(
             [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)],
+             "--save", "", *persistence, "--dir", str(self.dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

@@ -446,15 +446,14 @@ class Bench:
         import yaml
 
         base = self.mesh_env("gate")
-        redis_proc = None
-        redis_url = None
+        redis = None
         gate: dict = {"transport": OVERLOAD_TRANSPORT, "policies": {}, "rounds": []}
         policies: dict[str, dict | None] = {
             "on": None, "on_limit": {"rate_limits": NEVER_REFUSING}, "off": POLICY_OFF}
         if shutil.which("redis-server"):
             try:
-                redis_proc, redis_url = await self.start_redis()
-                policies["on_limit_redis"] = {"backend": {"kind": "redis", "redis_url": redis_url},
+                redis = await asyncio.to_thread(memory_bench.RedisProcess, self.work, False, "redis-gate")
+                policies["on_limit_redis"] = {"backend": {"kind": "redis", "redis_url": redis.url},
                                               "rate_limits": NEVER_REFUSING}
             except RuntimeError as exc:
                 gate["redis_missing"] = str(exc)
@@ -486,7 +485,7 @@ class Bench:
                     mesh = meshes[ingest_name]
                     pids = {**back, "ingest": mesh.procs["ingest"].pid}
                     if key == "on_limit_redis":
-                        pids["redis"] = redis_proc.pid
+                        pids["redis"] = redis.proc.pid
                     self.log(f"  gate round {i + 1}/{self.args.gate_rounds}: Submit [{key}] ...")
                     res = await lean(self.spec("submit", target=mesh.target("ingest"), pids=pids, **extra),
                                      self.lean_env)
@@ -499,9 +498,8 @@ class Bench:
                 await meshes[name].stop(grace_s=2)
             for f in files:
                 f.close()
-            if redis_proc is not None and redis_proc.returncode is None:
-                redis_proc.terminate()
-                await asyncio.wait_for(redis_proc.wait(), 10)
+            if redis is not None:
+                await asyncio.to_thread(redis.stop)
         gate["measured"] = [key for key, _, _ in plan]
         gate["ratios"] = gate_ratios(gate["rounds"])
         results["gate"] = gate
@@ -555,35 +553,6 @@ class Bench:
             if each:
                 out["ratios"][key] = {"median": statistics.median(each), "rounds": each}
         results["tracing"] = out
-
-    async def start_redis(self):
-        """A redis-server of our own on a free port, in the run's temp dir (no persistence)."""
-        port = free_port()
-        rdir = self.work / "redis"
-        rdir.mkdir()
-        proc = await asyncio.create_subprocess_exec(
-            shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(rdir),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.returncode is not None:
-                raise RuntimeError(f"redis-server exited with {proc.returncode}")
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(b"PING\r\n")
-                await writer.drain()
-                pong = await asyncio.wait_for(reader.read(16), 1)
-                writer.close()
-                if pong.startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0"
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                proc.terminate()
-                await proc.wait()
-                raise RuntimeError("redis-server did not answer PING")
-            await asyncio.sleep(0.02)  # polling a process we started
 
     async def inprocess_row(self, results: dict) -> None:
         self.log("in-process bound: the five cores in one process, no gRPC ...")
